@@ -1,0 +1,70 @@
+"""One typed settings object: ``TELEMETRA_*`` environment variables, optionally a ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Defaults serve the embedded demo; production sets at least the database URL."""
+
+    model_config = SettingsConfigDict(env_prefix="TELEMETRA_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("telemetra-data"), description="where the embedded defaults live")
+    database_url: str | None = Field(
+        None, description="postgresql://… or sqlite:///…; default: SQLite file in the data dir"
+    )
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_client_id: str = Field("telemetra-ingest-1", description="stable per ingest worker")
+    mqtt_share_group: str | None = Field(
+        None, description="MQTT 5 shared subscription group, e.g. 'telemetra'"
+    )
+    mqtt_receive_maximum: int = Field(
+        20000, ge=1, le=65535, description="in-flight QoS1 window the broker may send us"
+    )
+    default_timezone: str = "UTC"
+    auto_register: bool = False
+    log_format: str = Field("console", pattern="^(console|json)$")
+    log_level: str = "INFO"
+
+    batch_max_messages: int = Field(2000, ge=1)
+    batch_max_wait_ms: int = Field(50, ge=1)
+    queue_max_messages: int = Field(50000, ge=1)
+    max_payload_bytes: int = Field(256 * 1024, ge=64)
+    deadletter_payload_bytes: int = Field(4096, ge=0)
+    max_future_skew_s: float = Field(300.0, ge=0)
+    late_after_s: float = Field(600.0, ge=0)
+    clock_correct_after_s: float = Field(
+        120.0, ge=0, description="correct device time when |offset| exceeds this"
+    )
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(value)  # raises a clear error for an unknown IANA name
+        return value
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        """The async SQLAlchemy URL for the configured database."""
+        return async_url(self.database_url or f"sqlite:///{self.data_dir / 'telemetra.db'}")
+
+
+def async_url(url: str) -> str:
+    """Map plain ``postgresql://`` / ``sqlite:///`` URLs onto the async drivers we ship."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite:///", "sqlite+aiosqlite:///"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url

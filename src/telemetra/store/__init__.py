@@ -1,0 +1,1 @@
+"""Storage: schema, migrations, the bulk writer and the queries."""

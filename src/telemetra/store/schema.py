@@ -1,0 +1,173 @@
+"""The database schema (SQLAlchemy Core). Alembic migrations in ``migrations/`` create it.
+
+Times are BIGINT microseconds since the epoch (UTC); see ``telemetra.model``. Every
+tenant-owned table carries ``tenant_id``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+DEFAULT_TENANT = "default"
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("timezone", String(64)),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    # Globally unique: MQTT topics and broker usernames name a device by uid alone.
+    Column("uid", String(128), nullable=False, unique=True),
+    Column("name", String(200)),
+    Column("type", String(64)),
+    Column("metadata", JSON, nullable=False, default=dict),  # location, firmware, tags
+    Column("timezone", String(64)),
+    Column("status", String(16), nullable=False, default="active"),
+    Column("last_seen", BigInteger),
+    Column("token_hash", String(128)),
+    Column("clock_offset_us", BigInteger),
+    Column("created_at", BigInteger, nullable=False),
+)
+Index("ix_devices_tenant", devices.c.tenant_id, devices.c.uid)
+
+metrics = Table(
+    "metrics",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("unit", String(32)),
+    Column("kind", String(16), nullable=False, default="gauge"),  # gauge | counter | text
+)
+
+# Cleaning rules as data: per metric, optionally per device type and tenant. Built-in
+# defaults live in ``telemetra.ingest.clean``; rows here override them.
+metric_rules = Table(
+    "metric_rules",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id", ondelete="CASCADE")),
+    Column("metric", String(200), nullable=False),
+    Column("device_type", String(64)),
+    Column("min_value", Float),
+    Column("max_value", Float),
+    Column("unit", String(32)),
+    Column("kind", String(16)),
+    UniqueConstraint("tenant_id", "metric", "device_type", name="uq_metric_rules_scope"),
+)
+
+readings = Table(
+    "readings",
+    metadata,
+    Column("tenant_id", Id, nullable=False),
+    Column("device_id", Id, primary_key=True),
+    Column("metric_id", Id, primary_key=True),
+    Column("ts", BigInteger, primary_key=True),
+    Column("value", Float),
+    Column("text", Text),
+    Column("received_at", BigInteger, nullable=False),
+    Column("flags", Integer, nullable=False, default=0),
+    Column("ts_device", BigInteger),  # the device's own time, when a clock correction moved it
+)
+
+
+def _rollup(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("tenant_id", Id, nullable=False),
+        Column("device_id", Id, primary_key=True),
+        Column("metric_id", Id, primary_key=True),
+        Column("bucket", BigInteger, primary_key=True),
+        Column("count", BigInteger, nullable=False),
+        Column("sum", Float, nullable=False),
+        Column("min", Float, nullable=False),
+        Column("max", Float, nullable=False),
+        Column("first_ts", BigInteger, nullable=False),
+        Column("first_value", Float, nullable=False),
+        Column("last_ts", BigInteger, nullable=False),
+        Column("last_value", Float, nullable=False),
+    )
+
+
+rollup_1m = _rollup("rollup_1m")
+rollup_1h = _rollup("rollup_1h")
+ROLLUPS = {60 * 1_000_000: rollup_1m, 3600 * 1_000_000: rollup_1h}
+
+# Newest value by event time per series: a primary-key lookup instead of DISTINCT ON.
+latest = Table(
+    "latest",
+    metadata,
+    Column("tenant_id", Id, nullable=False),
+    Column("device_id", Id, primary_key=True),
+    Column("metric_id", Id, primary_key=True),
+    Column("ts", BigInteger, nullable=False),
+    Column("value", Float),
+    Column("text", Text),
+    Column("received_at", BigInteger, nullable=False),
+    Column("flags", Integer, nullable=False),
+)
+
+# Server-assigned times of messages that carried no device timestamp, so that a redelivery
+# maps onto the same idempotency key.
+event_times = Table(
+    "event_times",
+    metadata,
+    Column("device_id", Id, primary_key=True),
+    Column("event_id", String(200), primary_key=True),
+    Column("ts", BigInteger, nullable=False),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", Id),
+    Column("device_uid", String(128)),
+    Column("source", String(16), nullable=False),  # mqtt | http | import
+    Column("topic", String(512)),
+    Column("reason", String(40), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("entry_index", Integer),
+    Column("payload", LargeBinary),
+    Column("payload_size", Integer, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+)
+Index("ix_dead_letters_tenant_time", dead_letters.c.tenant_id, dead_letters.c.received_at)
+
+# Running per-device counters: accepted, duplicate, conflict, late, out_of_order,
+# rejected:<reason>, ... (one row per device and counter).
+device_quality = Table(
+    "device_quality",
+    metadata,
+    Column("tenant_id", Id, nullable=False),
+    Column("device_id", Id, primary_key=True),
+    Column("counter", String(48), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)

@@ -1,0 +1,149 @@
+"""Shared fixtures: real PostgreSQL, real Mosquitto, SQLite files.
+
+PostgreSQL: a fresh database per test session on the local server (TELEMETRA_TEST_PG, default
+postgresql://postgres@127.0.0.1:5432). Mosquitto: a private broker with a generated config on a
+free port. When a service is missing the tests skip locally, but fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from telemetra.store.database import open_database
+
+PG_SERVER = os.environ.get("TELEMETRA_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(what: str) -> None:
+    """Skip locally, fail in CI: CI must exercise the real services."""
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI", pytrace=False)
+    pytest.skip(f"{what} not available")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+async def _admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_SERVER + "/postgres", timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session."""
+    name = f"telemetra_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    try:
+        await _admin(f'CREATE DATABASE "{name}"')
+    except (OSError, asyncio.TimeoutError) as exc:
+        missing(f"PostgreSQL at {PG_SERVER} ({exc})")
+    url = f"{PG_SERVER}/{name}"
+    engine = await open_database(url)
+    await engine.dispose()
+    yield url
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'telemetra.db'}"
+    engine = await open_database(url)
+    await engine.dispose()
+    yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test using it runs once on SQLite and once on PostgreSQL."""
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = await open_database(db_url, migrate_schema=False)
+    yield eng
+    await eng.dispose()
+
+
+class Broker:
+    """A private Mosquitto on a free port."""
+
+    def __init__(self, port: int, process: subprocess.Popen[bytes], folder: Path) -> None:
+        self.port = port
+        self.process = process
+        self.folder = folder
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+def start_mosquitto(folder: Path, port: int | None = None, extra: str = "") -> Broker:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        missing("mosquitto")
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        f"persistence_location {folder}/\nmax_queued_messages 1000000\n"
+        f"max_inflight_messages 0\nlog_dest file {folder}/mosquitto.log\n{extra}"
+    )
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        proc.kill()
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        pytest.fail(f"mosquitto did not start: {err}")
+    return Broker(port, proc, folder)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    """A private Mosquitto per test (cheap: ~10 ms to start)."""
+    broker = start_mosquitto(tmp_path / "mosquitto")
+    yield broker
+    stop(broker.process)
