@@ -1,0 +1,113 @@
+"""Interning of metric names and the device registry, with in-memory caches in front.
+
+Metric names become small integer ids once; devices are looked up by uid. Both caches are
+per process; new names are inserted in their own short transaction so that an id handed out
+always exists, even when the batch that first used it rolls back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from telemetra.model import Device
+from telemetra.store.schema import DEFAULT_TENANT, devices, metrics, tenants
+
+
+def now_us() -> int:
+    """The current time in µs since the epoch."""
+    return time.time_ns() // 1000
+
+
+def dialect_insert(conn: AsyncConnection, table: Any) -> Any:
+    """An INSERT supporting ``on_conflict_do_*`` on PostgreSQL and SQLite alike."""
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+class MetricIds:
+    """Metric name -> id, created on first use."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+
+    def get(self, name: str) -> int | None:
+        return self._ids.get(name)
+
+    async def resolve(self, engine: AsyncEngine, names: Iterable[str]) -> dict[str, int]:
+        """Ids for ``names``, inserting unknown ones (committed at once)."""
+        missing = {n for n in names if n not in self._ids}
+        if missing:
+            async with engine.begin() as conn:
+                stmt = dialect_insert(conn, metrics).on_conflict_do_nothing(index_elements=["name"])
+                await conn.execute(stmt, [{"name": n, "kind": "gauge"} for n in sorted(missing)])
+                rows = await conn.execute(
+                    select(metrics.c.name, metrics.c.id).where(metrics.c.name.in_(missing))
+                )
+                self._ids.update({name: mid for name, mid in rows})
+        return self._ids
+
+
+def _device(row: Any) -> Device:
+    return Device(row.id, row.tenant_id, row.uid, row.type, row.timezone)
+
+
+class DeviceRegistry:
+    """Device uid -> Device, with a short negative cache so unknown ids cost one query a while."""
+
+    def __init__(self, negative_ttl_s: float = 5.0) -> None:
+        self._known: dict[str, Device] = {}
+        self._unknown: dict[str, float] = {}
+        self._ttl = negative_ttl_s
+        self.tenant_zones: dict[int, str | None] = {}
+
+    async def lookup(self, engine: AsyncEngine, uids: Iterable[str]) -> dict[str, Device]:
+        """Registered devices among ``uids`` (unknown ones are simply absent)."""
+        clock = time.monotonic()
+        wanted = {u for u in uids if u not in self._known and self._unknown.get(u, 0.0) <= clock}
+        if wanted:
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    select(devices, tenants.c.timezone.label("tenant_timezone"))
+                    .join(tenants, tenants.c.id == devices.c.tenant_id)
+                    .where(devices.c.uid.in_(wanted), devices.c.status == "active")
+                )
+                for row in rows:
+                    self._known[row.uid] = _device(row)
+                    self.tenant_zones[row.tenant_id] = row.tenant_timezone
+            for uid in wanted - self._known.keys():
+                self._unknown[uid] = clock + self._ttl
+        return {u: self._known[u] for u in uids if u in self._known}
+
+    async def register(self, engine: AsyncEngine, uids: Iterable[str]) -> dict[str, Device]:
+        """Auto-register ``uids`` into the default tenant (idempotent)."""
+        wanted = sorted(set(uids))
+        if not wanted:
+            return {}
+        async with engine.begin() as conn:
+            tenant_id = await default_tenant_id(conn)
+            stmt = dialect_insert(conn, devices).on_conflict_do_nothing(index_elements=["uid"])
+            created = now_us()
+            await conn.execute(
+                stmt,
+                [
+                    {"tenant_id": tenant_id, "uid": u, "name": u, "metadata": {},
+                     "status": "active", "created_at": created}
+                    for u in wanted
+                ],
+            )  # fmt: skip
+        for uid in wanted:
+            self._unknown.pop(uid, None)
+        return await self.lookup(engine, wanted)
+
+
+async def default_tenant_id(conn: AsyncConnection) -> int:
+    """The id of the tenant created by the first migration."""
+    tenant_id = await conn.scalar(select(tenants.c.id).where(tenants.c.name == DEFAULT_TENANT))
+    if tenant_id is None:
+        raise LookupError("the default tenant is missing; run `telemetra migrate`")
+    return int(tenant_id)

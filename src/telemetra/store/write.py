@@ -1,0 +1,250 @@
+"""The one writer path for readings: idempotent bulk insert plus rollups, in one transaction.
+
+PostgreSQL: ``COPY`` into a temporary staging table, then a single statement whose
+``INSERT … ON CONFLICT DO NOTHING RETURNING`` feeds the 1-minute and 1-hour rollup upserts and
+the latest-value table, so that only rows actually inserted are counted. SQLite (one writer):
+``executemany`` into staging, drop the rows that already exist, insert the rest and roll them up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from telemetra.store.catalog import dialect_insert
+from telemetra.store.schema import (
+    dead_letters,
+    device_quality,
+    devices,
+    event_times,
+)
+
+
+class Row(NamedTuple):
+    """One reading as stored (column order of the staging table)."""
+
+    tenant_id: int
+    device_id: int
+    metric_id: int
+    ts: int
+    value: float | None
+    text: str | None
+    received_at: int
+    flags: int
+    ts_device: int | None
+
+
+class Existing(NamedTuple):
+    """A reading that was already stored: ``same`` tells a duplicate from a conflict."""
+
+    device_id: int
+    metric_id: int
+    ts: int
+    same: bool
+
+
+@dataclass(slots=True)
+class WriteResult:
+    inserted: int
+    existing: list[Existing]
+
+
+COLUMNS = Row._fields
+_STAGING_DDL = """CREATE TEMP TABLE IF NOT EXISTS staging_readings (
+    tenant_id BIGINT, device_id BIGINT, metric_id BIGINT, ts BIGINT, value DOUBLE PRECISION,
+    text TEXT, received_at BIGINT, flags INTEGER, ts_device BIGINT){suffix}"""
+_KEY_JOIN = "r.device_id = s.device_id AND r.metric_id = s.metric_id AND r.ts = s.ts"
+_SAME = "(s.value IS NOT DISTINCT FROM r.value AND s.text IS NOT DISTINCT FROM r.text)"
+_SAME_SQLITE = "(s.value IS r.value AND s.text IS r.text)"
+
+
+def _rollup_sql(table: str, width_us: int, src: str) -> str:
+    """Upsert the rollup rows of the new readings in ``src`` into ``table``."""
+    bucket = f"ts - ts % {width_us}"
+    keep_if_smaller = "CASE WHEN excluded.{c} < {t}.{c} THEN excluded.{v} ELSE {t}.{v} END"
+    keep_if_larger = "CASE WHEN excluded.{c} > {t}.{c} THEN excluded.{v} ELSE {t}.{v} END"
+    return f"""
+INSERT INTO {table} (tenant_id, device_id, metric_id, bucket, count, sum, min, max,
+                     first_ts, first_value, last_ts, last_value)
+SELECT tenant_id, device_id, metric_id, bucket, count(*), sum(value), min(value), max(value),
+       min(ts), max(first_v), max(ts), max(last_v)
+FROM (
+    SELECT tenant_id, device_id, metric_id, ts, value, {bucket} AS bucket,
+           first_value(value) OVER w AS first_v,
+           last_value(value) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING
+                                     AND UNBOUNDED FOLLOWING) AS last_v
+    FROM {src}
+    WHERE value IS NOT NULL
+    WINDOW w AS (PARTITION BY device_id, metric_id, {bucket} ORDER BY ts)
+) AS b
+WHERE true
+GROUP BY tenant_id, device_id, metric_id, bucket
+ON CONFLICT (device_id, metric_id, bucket) DO UPDATE SET
+    count = {table}.count + excluded.count,
+    sum = {table}.sum + excluded.sum,
+    min = {keep_if_smaller.format(c="min", v="min", t=table)},
+    max = {keep_if_larger.format(c="max", v="max", t=table)},
+    first_ts = {keep_if_smaller.format(c="first_ts", v="first_ts", t=table)},
+    first_value = {keep_if_smaller.format(c="first_ts", v="first_value", t=table)},
+    last_ts = {keep_if_larger.format(c="last_ts", v="last_ts", t=table)},
+    last_value = {keep_if_larger.format(c="last_ts", v="last_value", t=table)}"""
+
+
+def _latest_sql(src: str) -> str:
+    """Keep the newest value by event time per series (never the last received)."""
+    return f"""
+INSERT INTO latest (tenant_id, device_id, metric_id, ts, value, text, received_at, flags)
+SELECT tenant_id, device_id, metric_id, ts, value, text, received_at, flags FROM {src}
+WHERE (device_id, metric_id, ts) IN
+      (SELECT device_id, metric_id, max(ts) FROM {src} GROUP BY device_id, metric_id)
+ON CONFLICT (device_id, metric_id) DO UPDATE SET
+    ts = excluded.ts, value = excluded.value, text = excluded.text,
+    received_at = excluded.received_at, flags = excluded.flags
+WHERE excluded.ts > latest.ts"""
+
+
+_PG_WRITE = f"""
+WITH ins AS (
+    INSERT INTO readings ({", ".join(COLUMNS)})
+    SELECT {", ".join(COLUMNS)} FROM staging_readings
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, device_id, metric_id, ts, value, text, received_at, flags
+),
+r1m AS ({_rollup_sql("rollup_1m", 60_000_000, "ins")}),
+r1h AS ({_rollup_sql("rollup_1h", 3_600_000_000, "ins")}),
+lt AS ({_latest_sql("ins")})
+SELECT NULL::bigint, NULL::bigint, NULL::bigint, NULL::boolean, (SELECT count(*) FROM ins)
+UNION ALL
+SELECT s.device_id, s.metric_id, s.ts, {_SAME}, NULL
+FROM staging_readings s JOIN readings r ON {_KEY_JOIN}"""
+
+
+async def write_readings(conn: AsyncConnection, rows: Sequence[Row]) -> WriteResult:
+    """Insert ``rows`` idempotently with their rollups; report what already existed.
+
+    Runs inside the caller's transaction. Rows must be unique per (device, metric, ts).
+    """
+    if not rows:
+        return WriteResult(0, [])
+    if conn.dialect.name == "postgresql":
+        return await _write_postgresql(conn, rows)
+    return await _write_sqlite(conn, rows)
+
+
+async def _write_postgresql(conn: AsyncConnection, rows: Sequence[Row]) -> WriteResult:
+    # The first statement through SQLAlchemy opens the transaction that COPY then joins.
+    await conn.exec_driver_sql(_STAGING_DDL.format(suffix=" ON COMMIT DELETE ROWS"))
+    raw = await conn.get_raw_connection()
+    apg: Any = raw.driver_connection
+    await apg.copy_records_to_table("staging_readings", records=rows, columns=COLUMNS)
+    result = await apg.fetch(_PG_WRITE)
+    inserted = int(result[0][4])
+    existing = [Existing(r[0], r[1], r[2], r[3]) for r in result[1:]]
+    await apg.execute("TRUNCATE staging_readings")
+    return WriteResult(inserted, existing)
+
+
+async def _write_sqlite(conn: AsyncConnection, rows: Sequence[Row]) -> WriteResult:
+    run = conn.exec_driver_sql
+    await run(_STAGING_DDL.format(suffix=""))
+    await run("DELETE FROM staging_readings")
+    await run(f"INSERT INTO staging_readings VALUES ({', '.join('?' * len(COLUMNS))})", rows)
+    found: Any = await run(
+        f"SELECT s.device_id, s.metric_id, s.ts, {_SAME_SQLITE} "
+        f"FROM staging_readings s JOIN readings r ON {_KEY_JOIN}"
+    )
+    existing = [Existing(r[0], r[1], r[2], bool(r[3])) for r in found]
+    if existing:
+        await run(
+            "DELETE FROM staging_readings AS s WHERE EXISTS "
+            f"(SELECT 1 FROM readings r WHERE {_KEY_JOIN})"
+        )
+    cols = ", ".join(COLUMNS)
+    result = await run(
+        f"INSERT INTO readings ({cols}) SELECT {cols} FROM staging_readings WHERE true "
+        "ON CONFLICT DO NOTHING"
+    )
+    for table, width in (("rollup_1m", 60_000_000), ("rollup_1h", 3_600_000_000)):
+        await run(_rollup_sql(table, width, "staging_readings"))
+    await run(_latest_sql("staging_readings"))
+    return WriteResult(result.rowcount, existing)
+
+
+async def remember_event_times(
+    conn: AsyncConnection, times: Iterable[tuple[int, str, int]]
+) -> None:
+    """Store the server-assigned time of (device id, event id) for later redeliveries."""
+    values = [{"device_id": d, "event_id": e, "ts": t} for d, e, t in times]
+    if values:
+        stmt = dialect_insert(conn, event_times)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["device_id", "event_id"], set_={"ts": stmt.excluded.ts}
+        )
+        await conn.execute(stmt, values)
+
+
+async def assigned_times(
+    conn: AsyncConnection, keys: Sequence[tuple[int, str]]
+) -> dict[tuple[int, str], int]:
+    """Times already assigned to these (device id, event id) pairs."""
+    found: dict[tuple[int, str], int] = {}
+    for device_id in {d for d, _ in keys}:
+        ids = [e for d, e in keys if d == device_id]
+        rows = await conn.execute(
+            select(event_times.c.event_id, event_times.c.ts).where(
+                event_times.c.device_id == device_id, event_times.c.event_id.in_(ids)
+            )
+        )
+        for event_id, ts in rows:
+            found[(device_id, event_id)] = ts
+    return found
+
+
+async def add_dead_letters(conn: AsyncConnection, letters: Sequence[dict[str, Any]]) -> None:
+    """Keep rejected messages and values with their reason and (capped) raw payload."""
+    if letters:
+        await conn.execute(dead_letters.insert(), list(letters))
+
+
+async def add_quality_counts(
+    conn: AsyncConnection, counts: dict[tuple[int, int, str], int]
+) -> None:
+    """Add to the per-device quality counters ((tenant id, device id, counter) -> n)."""
+    values = [
+        {"tenant_id": t, "device_id": d, "counter": c, "count": n}
+        for (t, d, c), n in counts.items()
+        if n
+    ]
+    if values:
+        stmt = dialect_insert(conn, device_quality)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["device_id", "counter"],
+            set_={"count": device_quality.c.count + stmt.excluded["count"]},
+        )
+        await conn.execute(stmt, values)
+
+
+async def touch_devices(conn: AsyncConnection, seen: dict[int, tuple[int, int | None]]) -> None:
+    """Record last-seen receive times and clock-offset estimates (device id -> (seen, offset))."""
+    if seen:
+        stmt = (
+            update(devices)
+            .where(devices.c.id == bindparam("b_id"))
+            .values(
+                last_seen=func.coalesce(
+                    func.max(devices.c.last_seen, bindparam("b_seen"))
+                    if conn.dialect.name == "sqlite"
+                    else func.greatest(devices.c.last_seen, bindparam("b_seen")),
+                    bindparam("b_seen"),
+                ),
+                clock_offset_us=func.coalesce(bindparam("b_offset"), devices.c.clock_offset_us),
+            )
+        )
+        await conn.execute(
+            stmt,
+            [{"b_id": d, "b_seen": s, "b_offset": o} for d, (s, o) in sorted(seen.items())],
+        )
