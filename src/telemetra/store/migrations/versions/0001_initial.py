@@ -47,9 +47,7 @@ def upgrade() -> None:
     op.create_table(
         "devices",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
-        sa.Column(
-            "tenant_id", Id, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
         sa.Column("uid", sa.String(128), nullable=False, unique=True),
         sa.Column("name", sa.String(200)),
         sa.Column("type", sa.String(64)),
