@@ -21,12 +21,19 @@ class Settings(BaseSettings):
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str | None = None
     mqtt_password: str | None = None
+    mqtt_ca_file: Path | None = Field(None, description="CA certificate for mqtts://")
+    mqtt_cert_file: Path | None = Field(None, description="client certificate (mTLS)")
+    mqtt_key_file: Path | None = Field(None, description="client key (mTLS)")
     mqtt_client_id: str = Field("telemetra-ingest-1", description="stable per ingest worker")
     mqtt_share_group: str | None = Field(
         None, description="MQTT 5 shared subscription group, e.g. 'telemetra'"
     )
     mqtt_receive_maximum: int = Field(
         20000, ge=1, le=65535, description="in-flight QoS1 window the broker may send us"
+    )
+    mqtt_ack_qos: int = Field(1, ge=0, le=1, description="QoS of ack-topic messages to devices")
+    routes: str | None = Field(
+        None, description='topic routes as JSON: [{"pattern", "format", "ack"}, ...]'
     )
     default_timezone: str = "UTC"
     auto_register: bool = False

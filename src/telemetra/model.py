@@ -12,6 +12,7 @@ from typing import Any
 
 US_PER_S = 1_000_000
 US_PER_MS = 1_000
+_BAD_UID = frozenset("/+#:")
 
 
 class Flag(IntFlag):
@@ -105,3 +106,13 @@ class Device:
     uid: str
     type: str | None = None
     timezone: str | None = None
+
+
+def valid_device_uid(uid: str) -> bool:
+    """Device ids name topics and broker users: no wildcards, separators or control chars."""
+    return (
+        0 < len(uid) <= 128
+        and _BAD_UID.isdisjoint(uid)
+        and uid.isprintable()
+        and uid.strip() == uid
+    )

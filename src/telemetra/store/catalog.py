@@ -7,6 +7,8 @@ always exists, even when the batch that first used it rolls back.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -15,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from telemetra.model import Device
+from telemetra.model import Device, valid_device_uid
 from telemetra.store.schema import DEFAULT_TENANT, devices, metrics, tenants
 
 
@@ -111,3 +113,67 @@ async def default_tenant_id(conn: AsyncConnection) -> int:
     if tenant_id is None:
         raise LookupError("the default tenant is missing; run `telemetra migrate`")
     return int(tenant_id)
+
+
+def hash_token(token: str) -> str:
+    """Device tokens are long random secrets: a fast hash suffices (argon2 is for passwords)."""
+    return "sha256$" + hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_tenant(conn: AsyncConnection, name: str, timezone: str | None = None) -> int:
+    """Create a tenant; ValueError when the name is taken."""
+    if await conn.scalar(select(tenants.c.id).where(tenants.c.name == name)) is not None:
+        raise ValueError(f"tenant {name!r} already exists")
+    result = await conn.execute(
+        tenants.insert()
+        .values(name=name, timezone=timezone, created_at=now_us())
+        .returning(tenants.c.id)
+    )
+    return int(result.scalar_one())
+
+
+async def tenant_id_by_name(conn: AsyncConnection, name: str) -> int:
+    """The id of tenant ``name``; LookupError when there is none."""
+    tenant_id = await conn.scalar(select(tenants.c.id).where(tenants.c.name == name))
+    if tenant_id is None:
+        raise LookupError(f"no tenant named {name!r}")
+    return int(tenant_id)
+
+
+async def create_device(
+    conn: AsyncConnection,
+    tenant_id: int,
+    uid: str,
+    *,
+    name: str | None = None,
+    type: str | None = None,
+    timezone: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """Register a device and return its new token (shown once; only a hash is stored)."""
+    if not valid_device_uid(uid):
+        raise ValueError(
+            f"invalid device id {uid!r}: 1–128 printable characters without spaces at the "
+            "ends and without '/', '+', '#', ':' (device ids become MQTT topic levels)"
+        )
+    if await conn.scalar(select(devices.c.id).where(devices.c.uid == uid)) is not None:
+        raise ValueError(f"device {uid!r} already exists")
+    token = secrets.token_urlsafe(32)
+    await conn.execute(
+        devices.insert().values(
+            tenant_id=tenant_id, uid=uid, name=name or uid, type=type, timezone=timezone,
+            metadata=metadata or {}, status="active", token_hash=hash_token(token),
+            created_at=now_us(),
+        )
+    )  # fmt: skip
+    return token
+
+
+async def list_devices(conn: AsyncConnection, tenant_id: int | None = None) -> list[Any]:
+    """Devices (of one tenant, or all), by uid."""
+    query = select(devices, tenants.c.name.label("tenant")).join(
+        tenants, tenants.c.id == devices.c.tenant_id
+    )
+    if tenant_id is not None:
+        query = query.where(devices.c.tenant_id == tenant_id)
+    return list((await conn.execute(query.order_by(devices.c.uid))).all())

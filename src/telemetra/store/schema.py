@@ -133,6 +133,7 @@ latest = Table(
     Column("received_at", BigInteger, nullable=False),
     Column("flags", Integer, nullable=False),
 )
+Index("ix_latest_tenant", latest.c.tenant_id)
 
 # Server-assigned times of messages that carried no device timestamp, so that a redelivery
 # maps onto the same idempotency key.
@@ -159,7 +160,7 @@ dead_letters = Table(
     Column("payload_size", Integer, nullable=False),
     Column("received_at", BigInteger, nullable=False),
 )
-Index("ix_dead_letters_tenant_time", dead_letters.c.tenant_id, dead_letters.c.received_at)
+Index("ix_dead_letters_tenant_id", dead_letters.c.tenant_id, dead_letters.c.id)
 
 # Running per-device counters: accepted, duplicate, conflict, late, out_of_order,
 # rejected:<reason>, ... (one row per device and counter).

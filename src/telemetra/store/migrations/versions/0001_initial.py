@@ -104,6 +104,7 @@ def upgrade() -> None:
         sa.Column("received_at", sa.BigInteger, nullable=False),
         sa.Column("flags", sa.Integer, nullable=False),
     )
+    op.create_index("ix_latest_tenant", "latest", ["tenant_id"])
     op.create_table(
         "event_times",
         sa.Column("device_id", Id, primary_key=True),
@@ -124,7 +125,7 @@ def upgrade() -> None:
         sa.Column("payload_size", sa.Integer, nullable=False),
         sa.Column("received_at", sa.BigInteger, nullable=False),
     )
-    op.create_index("ix_dead_letters_tenant_time", "dead_letters", ["tenant_id", "received_at"])
+    op.create_index("ix_dead_letters_tenant_id", "dead_letters", ["tenant_id", "id"])
     op.create_table(
         "device_quality",
         sa.Column("tenant_id", Id, nullable=False),

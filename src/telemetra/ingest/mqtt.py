@@ -1,0 +1,191 @@
+"""MQTT source: a persistent MQTT 5 session whose QoS1 messages are acknowledged after commit.
+
+paho-mqtt's network loop runs in its own thread and hands messages to the pipeline through an
+``Inbox``. The broker may hold up to ``mqtt_receive_maximum`` unacknowledged messages for us;
+those it redelivers after a crash, and idempotent writes make the redelivery harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from telemetra.config import Settings
+from telemetra.ingest.pipeline import (
+    DEADLETTER_TOPIC,
+    Inbox,
+    Message,
+    Outcome,
+    Pipeline,
+    deadletter_payload,
+)
+from telemetra.ingest.routes import subscription
+
+log = structlog.get_logger("telemetra.mqtt")
+
+SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our queue this long while we are away
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+
+def parse_mqtt_url(url: str) -> BrokerAddress:
+    """``mqtt://[user:pass@]host[:port]`` or ``mqtts://…``; ValueError says what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"MQTT URL {url!r}: scheme must be mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"MQTT URL {url!r} names no host")
+    tls = parts.scheme in ("mqtts", "ssl")
+    return BrokerAddress(
+        parts.hostname,
+        parts.port or (8883 if tls else 1883),
+        tls,
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password else None,
+    )
+
+
+def make_client(
+    settings: Settings, client_id: str, *, manual_ack: bool = False
+) -> tuple[mqtt.Client, BrokerAddress]:
+    """A paho MQTT 5 client configured from settings (credentials, TLS)."""
+    address = parse_mqtt_url(settings.mqtt_url)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    username = settings.mqtt_username or address.username
+    if username:
+        client.username_pw_set(username, settings.mqtt_password or address.password)
+    if address.tls:
+        context = ssl.create_default_context(
+            cafile=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None
+        )
+        if settings.mqtt_cert_file:
+            context.load_cert_chain(
+                str(settings.mqtt_cert_file),
+                str(settings.mqtt_key_file) if settings.mqtt_key_file else None,
+            )
+        client.tls_set_context(context)
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client, address
+
+
+class MqttIngest:
+    """Subscribe to the pipeline's routes and feed it; ack each message after its commit."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.connected = asyncio.Event()
+        self._client: mqtt.Client | None = None
+
+    def _filters(self) -> list[str]:
+        group = self.settings.mqtt_share_group
+        filters = [subscription(r) for r in self.pipeline.routes]
+        return [f"$share/{group}/{f}" if group else f for f in filters]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then finish the batches already received."""
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        inbox = Inbox(loop, settings.queue_max_messages, settings.batch_max_messages)
+        client, address = make_client(settings, settings.mqtt_client_id, manual_ack=True)
+        self._client = client
+        filters = self._filters()
+
+        def on_connect(c: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+            if reason.is_failure:
+                log.error("broker refused the connection", reason=str(reason))
+                return
+            c.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
+            log.info(
+                "connected to broker",
+                host=address.host, port=address.port, session_present=flags.session_present,
+                subscriptions=filters,
+            )  # fmt: skip
+            loop.call_soon_threadsafe(self.connected.set)
+
+        def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            loop.call_soon_threadsafe(self.connected.clear)
+            if not stop.is_set():
+                log.warning("disconnected from broker; reconnecting", reason=str(reason))
+
+        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            inbox.put(
+                Message(
+                    msg.topic,
+                    bytes(msg.payload),
+                    time.time_ns() // 1000,
+                    redelivered=bool(msg.dup),
+                    handle=(msg.mid, msg.qos),
+                )
+            )
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_message = on_message
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = settings.mqtt_receive_maximum
+        client.connect_async(
+            address.host, address.port, keepalive=30, clean_start=False, properties=props
+        )
+        client.loop_start()
+        reporter = asyncio.create_task(self._report(inbox, stop))
+        try:
+            await self.pipeline.run(inbox, self._done, stop)
+        finally:
+            reporter.cancel()
+            client.disconnect()
+            client.loop_stop()
+            log.info("ingest stopped", **self.pipeline.stats)
+
+    def _done(self, outcomes: list[Outcome]) -> None:
+        """After commit: PUBACK each message, then the ack-topic and dead-letter messages."""
+        client = self._client
+        assert client is not None
+        cap = self.settings.deadletter_payload_bytes
+        for outcome in outcomes:
+            mid, qos = outcome.message.handle
+            if qos:
+                client.ack(mid, qos)
+            if outcome.ack_topic:
+                client.publish(outcome.ack_topic, outcome.ack_payload(), self.settings.mqtt_ack_qos)
+            for rejection in outcome.rejected:
+                client.publish(DEADLETTER_TOPIC, deadletter_payload(outcome, rejection, cap), 0)
+
+    async def _report(self, inbox: Inbox, stop: asyncio.Event, every_s: float = 10.0) -> None:
+        stats = self.pipeline.stats
+        before = (stats["messages"], stats["readings"], time.monotonic())
+        while not stop.is_set():
+            await asyncio.sleep(every_s)
+            now = (stats["messages"], stats["readings"], time.monotonic())
+            span = now[2] - before[2]
+            log.info(
+                "ingest progress",
+                messages_per_s=round((now[0] - before[0]) / span),
+                readings_per_s=round((now[1] - before[1]) / span),
+                queue=len(inbox), rejections=stats["rejections"],
+            )  # fmt: skip
+            before = now

@@ -1,0 +1,589 @@
+"""The flow of one reading: batch → decode → clean → one transaction → ack, fan-out.
+
+Every source (MQTT, HTTP, files) hands ``Message`` objects to a ``Pipeline``. A message is
+acknowledged to its source only after the batch holding it has been committed; writes are
+idempotent, so a redelivery after a crash stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import structlog
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from telemetra.config import Settings
+from telemetra.ingest.clean import DeviceState, Policy, RuleBook, Series, clean
+from telemetra.ingest.decode import decode
+from telemetra.ingest.routes import DEFAULT_ROUTES, Route, match
+from telemetra.model import (
+    US_PER_S,
+    Decoded,
+    Device,
+    Flag,
+    Reading,
+    Reason,
+    Rejection,
+    valid_device_uid,
+)
+from telemetra.store.catalog import DeviceRegistry, MetricIds
+from telemetra.store.schema import latest, metrics
+from telemetra.store.write import (
+    Row,
+    add_dead_letters,
+    add_quality_counts,
+    assigned_times,
+    remember_event_times,
+    touch_devices,
+    write_readings,
+)
+
+log = structlog.get_logger("telemetra.pipeline")
+
+DEADLETTER_TOPIC = "telemetra/deadletter"
+
+
+@dataclass(slots=True)
+class Message:
+    """One unit of input: an MQTT message, an HTTP body or a line of a file."""
+
+    topic: str
+    payload: bytes
+    received_at: int
+    source: str = "mqtt"
+    redelivered: bool = False  # the transport says this may be a redelivery (MQTT DUP)
+    handle: Any = None  # what the transport needs to acknowledge it
+    device: str | None = None  # set by authenticated transports instead of a topic route
+    fmt: str = "native"  # format when ``device`` is set
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one message, reported back to its source after commit."""
+
+    message: Message
+    device: str | None = None
+    tenant_id: int | None = None
+    ack_topic: str | None = None
+    accepted: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+
+    def ack_payload(self) -> bytes:
+        """The ack-topic message of the contract."""
+        return orjson.dumps(
+            {
+                "accepted": self.accepted,
+                "rejected": [
+                    {"index": r.index, "reason": str(r.reason), "metric": r.metric,
+                     "detail": r.detail}
+                    for r in self.rejected
+                ],
+                "event_ids": self.event_ids,
+            }
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class Committed:
+    """Readings stored by one batch, for live views and alert rules (the fan-out)."""
+
+    tenant_id: int
+    device: str
+    reading: Reading
+
+
+Listener = Callable[[list[Outcome], list[Committed]], Awaitable[None]]
+
+
+def deadletter_payload(outcome: Outcome, rejection: Rejection, cap: int) -> bytes:
+    """The JSON published on ``telemetra/deadletter`` for one rejection."""
+    raw = outcome.message.payload[:cap]
+    return orjson.dumps(
+        {
+            "device": outcome.device,
+            "topic": outcome.message.topic,
+            "source": outcome.message.source,
+            "reason": str(rejection.reason),
+            "detail": rejection.detail,
+            "index": rejection.index,
+            "metric": rejection.metric,
+            "received_at": outcome.message.received_at,
+            "payload": raw.decode("utf-8", "replace"),
+            "payload_size": len(outcome.message.payload),
+        }
+    )
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """True for errors that mean "try again later", not "this data is bad"."""
+    if isinstance(error, sa_exc.DBAPIError):
+        return error.connection_invalidated or isinstance(
+            error, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    return isinstance(error, OSError | TimeoutError | ConnectionError)
+
+
+@dataclass(slots=True)
+class _Work:
+    """A message in flight through ``Pipeline.process``."""
+
+    outcome: Outcome
+    fmt: str = "native"
+    rest: tuple[str, ...] = ()
+    device: Device | None = None
+    entries: list[Decoded] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def message(self) -> Message:
+        return self.outcome.message
+
+
+class Pipeline:
+    """Decode, clean and store batches of messages; the single writer path for readings."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        routes: Sequence[Route] = DEFAULT_ROUTES,
+        rules: RuleBook | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.routes = tuple(routes)
+        self.rules = rules or RuleBook()
+        self.policy = Policy(
+            max_future_skew_us=int(settings.max_future_skew_s * US_PER_S),
+            late_after_us=int(settings.late_after_s * US_PER_S),
+            clock_correct_after_us=int(settings.clock_correct_after_s * US_PER_S),
+        )
+        self.devices = DeviceRegistry()
+        self.metric_ids = MetricIds()
+        self.states: dict[int, DeviceState] = {}
+        self.listeners: list[Listener] = []
+        self.default_zone = ZoneInfo(settings.default_timezone)
+        self._zones: dict[str | None, tzinfo] = {}
+        # Times assigned to events without a device timestamp, including batches not yet
+        # committed, so a redelivery inside that window maps to the same key too.
+        self._recent_times: OrderedDict[tuple[int, str], int] = OrderedDict()
+        self.stats: Counter[str] = Counter()
+
+    # -- one batch ------------------------------------------------------------------------
+
+    async def process(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Store one batch; returns an outcome per message once it is committed.
+
+        Raises only when the database stays unavailable (the caller retries the batch).
+        """
+        works = [self._route(m) for m in messages]
+        await self._resolve_devices(works)
+        for work in works:
+            if work.device is not None:
+                self._decode(work)
+        await self._load_states({w.device.id for w in works if w.device is not None})
+        pending_times = await self._assign_event_times(works)
+        for work in works:
+            if work.device is not None:
+                self._clean(work)
+        ids = await self.metric_ids.resolve(
+            self.engine, {r.metric for w in works for r in w.readings}
+        )
+        await self._store(works, ids, pending_times)
+        outcomes = [w.outcome for w in works]
+        self.stats["messages"] += len(outcomes)
+        return outcomes
+
+    def _route(self, message: Message) -> _Work:
+        outcome = Outcome(message)
+        work = _Work(outcome)
+        if message.device is not None:
+            outcome.device, work.fmt = message.device, message.fmt
+            return work
+        found = match(self.routes, message.topic)
+        if found is None:
+            outcome.rejected.append(
+                Rejection(Reason.UNKNOWN_ROUTE, f"no route matches topic {message.topic!r}")
+            )
+            return work
+        outcome.device, outcome.ack_topic = found.device, found.ack_topic
+        work.fmt, work.rest = found.route.format, found.rest
+        return work
+
+    async def _resolve_devices(self, works: list[_Work]) -> None:
+        uids = set()
+        for work in works:
+            uid = work.outcome.device
+            if uid is None:
+                continue
+            if not valid_device_uid(uid):
+                work.outcome.rejected.append(
+                    Rejection(
+                        Reason.UNKNOWN_DEVICE,
+                        f"invalid device id {uid[:64]!r}: 1–128 printable characters "
+                        "without '/', '+', '#', ':'",
+                    )
+                )
+                work.outcome.device = None
+            else:
+                uids.add(uid)
+        known = await self.devices.lookup(self.engine, uids)
+        if self.settings.auto_register and uids - known.keys():
+            known |= await self.devices.register(self.engine, uids - known.keys())
+        for work in works:
+            uid = work.outcome.device
+            if uid is None:
+                continue
+            device = known.get(uid)
+            if device is None:
+                work.outcome.rejected.append(
+                    Rejection(
+                        Reason.UNKNOWN_DEVICE,
+                        f"device {uid!r} is not registered (or disabled); create it with "
+                        "`telemetra device create` or enable TELEMETRA_AUTO_REGISTER",
+                    )
+                )
+            else:
+                work.device = device
+                work.outcome.tenant_id = device.tenant_id
+
+    def _zone(self, device: Device) -> tzinfo:
+        name = device.timezone or self.devices.tenant_zones.get(device.tenant_id)
+        zone = self._zones.get(name)
+        if zone is None:
+            try:
+                zone = ZoneInfo(name) if name else self.default_zone
+            except (ValueError, KeyError):
+                zone = self.default_zone
+            self._zones[name] = zone
+        return zone
+
+    def _decode(self, work: _Work) -> None:
+        assert work.device is not None
+        message = work.message
+        result = decode(
+            work.fmt,
+            work.device.uid,
+            message.payload,
+            message.received_at,
+            self._zone(work.device),
+            work.rest,
+            self.settings.max_payload_bytes,
+        )
+        work.entries = result.entries
+        work.outcome.rejected.extend(result.rejections)
+
+    async def _load_states(self, device_ids: set[int]) -> None:
+        """Start cleaning state of devices new to this process from their latest values."""
+        new = device_ids - self.states.keys()
+        if not new:
+            return
+        for device_id in new:
+            self.states[device_id] = DeviceState()
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(latest.c.device_id, metrics.c.name, latest.c.ts, latest.c.value)
+                .join(metrics, metrics.c.id == latest.c.metric_id)
+                .where(latest.c.device_id.in_(new))
+            )
+            for device_id, name, ts, value in rows:
+                state = self.states[device_id]
+                state.series[name] = Series(ts, value)
+                state.last_ts = ts if state.last_ts is None else max(state.last_ts, ts)
+
+    async def _assign_event_times(self, works: list[_Work]) -> list[tuple[int, str, int]]:
+        """Give entries without a device time the time first assigned to their event.
+
+        Entries with an ``event_id`` are always looked up; entries without one get a key
+        from the payload's hash, looked up only when the transport flags a redelivery, so
+        two genuinely equal messages a minute apart stay two readings.
+        """
+        wanted: list[tuple[_Work, Decoded, tuple[int, str], bool]] = []
+        for work in works:
+            if work.device is None:
+                continue
+            for entry in work.entries:
+                if entry.has_device_time:
+                    continue
+                if entry.event_id is not None:
+                    key, look = (work.device.id, entry.event_id), True
+                else:
+                    digest = hashlib.blake2b(work.message.payload, digest_size=12).hexdigest()
+                    key = (work.device.id, f"#{digest}:{entry.index}")
+                    look = work.message.redelivered
+                wanted.append((work, entry, key, look))
+        if not wanted:
+            return []
+        lookup = [k for _, _, k, look in wanted if look and k not in self._recent_times]
+        stored: dict[tuple[int, str], int] = {}
+        if lookup:
+            async with self.engine.connect() as conn:
+                stored = await assigned_times(conn, lookup)
+        pending: list[tuple[int, str, int]] = []
+        for work, entry, key, look in wanted:
+            ts = self._recent_times.get(key) if look else None
+            if ts is None and look:
+                ts = stored.get(key)
+            if ts is None:
+                ts = work.message.received_at
+                pending.append((key[0], key[1], ts))
+            self._recent_times[key] = ts
+            self._recent_times.move_to_end(key)
+            for reading in entry.readings:
+                reading.ts = ts
+        while len(self._recent_times) > 100_000:
+            self._recent_times.popitem(last=False)
+        return pending
+
+    def _clean(self, work: _Work) -> None:
+        assert work.device is not None
+        accepted, rejected, counts = clean(
+            work.entries,
+            work.device.type,
+            self.states[work.device.id],
+            self.rules,
+            work.message.received_at,
+            self.policy,
+        )
+        work.readings = accepted
+        work.outcome.rejected.extend(rejected)
+        work.outcome.event_ids = [e.event_id for e in work.entries if e.event_id is not None]
+        self.stats.update(counts)
+        work.counts = counts
+
+    async def _store(
+        self,
+        works: list[_Work],
+        ids: dict[str, int],
+        pending_times: list[tuple[int, str, int]],
+    ) -> None:
+        """Write the batch in one transaction: readings, rollups, quality, dead letters."""
+        rows: dict[tuple[int, int, int], Row] = {}
+        owner: dict[tuple[int, int, int], tuple[_Work, Reading]] = {}
+        quality: Counter[tuple[int, int, str]] = Counter()
+        conflicts: list[tuple[_Work, Reading, str]] = []
+        for work in works:
+            device = work.device
+            if device is None:
+                continue
+            q = (device.tenant_id, device.id)
+            quality[(*q, "messages")] += 1
+            for name, n in work.counts.items():
+                quality[(*q, name)] += n
+            for reading in work.readings:
+                key = (device.id, ids[reading.metric], reading.ts)
+                earlier = rows.get(key)
+                if earlier is not None:
+                    # Same key twice in one batch: first wins, as in the database.
+                    if earlier.value == reading.value and earlier.text == reading.text:
+                        quality[(*q, "duplicate")] += 1
+                        work.outcome.accepted += 1
+                    else:
+                        conflicts.append((work, reading, _conflict_detail(earlier)))
+                    continue
+                rows[key] = Row(
+                    device.tenant_id, device.id, key[1], reading.ts, reading.value,
+                    reading.text, work.message.received_at, int(reading.flags),
+                    reading.ts_device,
+                )  # fmt: skip
+                owner[key] = (work, reading)
+
+        seen: dict[int, tuple[int, int | None]] = {}
+        for work in works:
+            if work.device is not None:
+                state = self.states[work.device.id]
+                previous = seen.get(work.device.id, (0, None))[0]
+                seen[work.device.id] = (
+                    max(previous, work.message.received_at),
+                    state.offset_us if state.offset_stable else None,
+                )
+
+        async with self.engine.begin() as conn:
+            result = await write_readings(conn, list(rows.values()))
+            stored_again = {(e.device_id, e.metric_id, e.ts): e.same for e in result.existing}
+            for key, row in rows.items():
+                work, reading = owner[key]
+                same = stored_again.get(key)
+                q = (row.tenant_id, row.device_id)
+                if same is None:
+                    quality[(*q, "accepted")] += 1
+                    work.outcome.accepted += 1
+                elif same:
+                    quality[(*q, "duplicate")] += 1
+                    work.outcome.accepted += 1
+                else:
+                    conflicts.append((work, reading, "a different value is already stored"))
+            for work, reading, detail in conflicts:
+                assert work.device is not None
+                quality[(work.device.tenant_id, work.device.id, "conflict")] += 1
+                work.outcome.rejected.append(
+                    Rejection(Reason.CONFLICT, detail, metric=reading.metric)
+                )
+            letters = []
+            cap = self.settings.deadletter_payload_bytes
+            for work in works:
+                outcome = work.outcome
+                for rejection in outcome.rejected:
+                    if work.device is not None and rejection.reason != Reason.CONFLICT:
+                        quality[(work.device.tenant_id, work.device.id,
+                                 f"rejected:{rejection.reason}")] += 1  # fmt: skip
+                    letters.append(
+                        {
+                            "tenant_id": outcome.tenant_id,
+                            "device_uid": outcome.device,
+                            "source": outcome.message.source,
+                            "topic": outcome.message.topic[:512],
+                            "reason": str(rejection.reason),
+                            "detail": _sanitize(rejection.detail),
+                            "entry_index": rejection.index,
+                            "payload": outcome.message.payload[:cap],
+                            "payload_size": len(outcome.message.payload),
+                            "received_at": outcome.message.received_at,
+                        }
+                    )
+            await remember_event_times(conn, pending_times)
+            await add_dead_letters(conn, letters)
+            await add_quality_counts(conn, dict(quality))
+            await touch_devices(conn, seen)
+        self.stats["readings"] += result.inserted
+        self.stats["rejections"] += len(letters)
+        if self.listeners:
+            committed = [
+                Committed(row.tenant_id, owner[key][0].outcome.device or "", owner[key][1])
+                for key, row in rows.items()
+                if key not in stored_again
+            ]
+            outcomes = [w.outcome for w in works]
+            for listener in self.listeners:
+                try:
+                    await listener(outcomes, committed)
+                except Exception:  # a listener must never undo or block ingest
+                    log.exception("fan-out listener failed")
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def process_until_stored(self, messages: Sequence[Message]) -> list[Outcome]:
+        """``process`` with retries and backoff while the database is unavailable.
+
+        A batch the database refuses for its content (not its availability) is split, so one
+        poisonous message is dead-lettered instead of blocking everything behind it.
+        """
+        delay = 0.2
+        while True:
+            try:
+                return await self.process(messages)
+            except Exception as error:
+                if not database_unavailable(error):
+                    return await self._isolate(messages, error)
+                self.stats["db_retries"] += 1
+                log.warning(
+                    "database unavailable; holding the batch and retrying",
+                    messages=len(messages), retry_in_s=round(delay, 1), error=str(error)[:200],
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _isolate(self, messages: Sequence[Message], error: Exception) -> list[Outcome]:
+        if len(messages) == 1:
+            log.error("message refused by the database", topic=messages[0].topic, error=str(error))
+            outcome = Outcome(messages[0], device=messages[0].device)
+            outcome.rejected.append(
+                Rejection(Reason.BAD_VALUE, f"refused by the database: {str(error)[:300]}")
+            )
+            return [outcome]
+        middle = len(messages) // 2
+        return [
+            *await self.process_until_stored(messages[:middle]),
+            *await self.process_until_stored(messages[middle:]),
+        ]
+
+    async def run(
+        self,
+        inbox: Inbox,
+        done: Callable[[list[Outcome]], None],
+        stop: asyncio.Event,
+    ) -> None:
+        """Take batches from ``inbox`` until ``stop`` is set; ``done`` acknowledges them."""
+        max_wait = self.settings.batch_max_wait_ms / 1000
+        while not (stop.is_set() and not len(inbox)):
+            batch = await inbox.take(self.settings.batch_max_messages, max_wait, stop)
+            if batch:
+                outcomes = await self.process_until_stored(batch)
+                done(outcomes)
+
+
+def _conflict_detail(row: Row) -> str:
+    shown = row.value if row.text is None else repr(row.text[:40])
+    return f"another value ({shown}) arrived for the same time in this batch; first kept"
+
+
+def _sanitize(text: str) -> str:
+    return text.replace("\x00", "\\0").encode("utf-8", "replace").decode("utf-8")
+
+
+class Inbox:
+    """A bounded hand-over from a transport's thread to the pipeline's event loop.
+
+    ``put`` is called from any thread; the loop is woken only when a batch fills or the
+    first message of a batch arrives, not per message. When ``limit`` messages wait, ``put``
+    blocks: backpressure to the transport.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, batch: int) -> None:
+        self._loop = loop
+        self._items: deque[Message] = deque()
+        self._lock = threading.Condition()
+        self._limit = limit
+        self._batch = batch
+        self._arrived = asyncio.Event()
+        self._filled = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, message: Message) -> None:
+        with self._lock:
+            while len(self._items) >= self._limit:
+                self._lock.wait(1.0)
+            self._items.append(message)
+            n = len(self._items)
+        if n == 1:
+            self._loop.call_soon_threadsafe(self._arrived.set)
+        if n == self._batch:
+            self._loop.call_soon_threadsafe(self._filled.set)
+
+    async def take(self, most: int, max_wait: float, stop: asyncio.Event) -> list[Message]:
+        """Up to ``most`` messages: as soon as that many wait, or ``max_wait`` s after one."""
+        if not self._items:
+            self._arrived.clear()
+            if not self._items:
+                waiter = asyncio.ensure_future(self._arrived.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+        if len(self._items) < most:
+            self._filled.clear()
+            if len(self._items) < most:
+                try:
+                    await asyncio.wait_for(self._filled.wait(), max_wait)
+                except TimeoutError:
+                    pass
+        with self._lock:
+            count = min(most, len(self._items))
+            batch = [self._items.popleft() for _ in range(count)]
+            self._lock.notify_all()
+        return batch
