@@ -121,7 +121,9 @@ def start_mosquitto(folder: Path, port: int | None = None, extra: str = "") -> B
         f"persistence_location {folder}/\nmax_queued_messages 1000000\n"
         f"max_inflight_messages 0\nlog_dest file {folder}/mosquitto.log\n{extra}"
     )
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         wait_for_port(port)
     except TimeoutError:
@@ -147,3 +149,71 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
     broker = start_mosquitto(tmp_path / "mosquitto")
     yield broker
     stop(broker.process)
+
+
+class TcpProxy:
+    """A TCP forwarder we can take down and bring back: a database outage on demand."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target_port = target_port
+        self.port = free_port()
+        self.down = False
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def take_down(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        self.down = True
+        with self._lock:
+            for s in self._conns:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._conns.clear()
+
+    def bring_up(self) -> None:
+        self.down = False
+
+    def close(self) -> None:
+        self.take_down()
+        self._server.close()
