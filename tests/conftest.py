@@ -7,7 +7,7 @@ free port. When a service is missing the tests skip locally, but fail under CI=t
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -65,7 +65,7 @@ async def pg_url() -> AsyncIterator[str]:
     name = f"telemetra_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     try:
         await _admin(f'CREATE DATABASE "{name}"')
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         missing(f"PostgreSQL at {PG_SERVER} ({exc})")
     url = f"{PG_SERVER}/{name}"
     engine = await open_database(url)
@@ -195,20 +195,16 @@ class TcpProxy:
             pass
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def take_down(self) -> None:
         """Refuse new connections and cut the open ones."""
         self.down = True
         with self._lock:
             for s in self._conns:
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
             self._conns.clear()
 
     def bring_up(self) -> None:

@@ -16,11 +16,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import PG_SERVER, Broker, TcpProxy, stop
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conftest import PG_SERVER, Broker, TcpProxy, stop
 from telemetra.store.database import open_database
 from telemetra.store.schema import dead_letters, devices, readings, rollup_1m
 
@@ -160,7 +160,7 @@ async def test_every_format_lands_and_is_acknowledged(
         while len(publisher.acks) < 6 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         acks = [a for t, a in publisher.acks if t != "telemetra/deadletter"]
-        assert {"accepted": 1, "rejected": [], "event_ids": ["e-1", "e-2"]} != acks[2]
+        assert acks[2] != {"accepted": 1, "rejected": [], "event_ids": ["e-1", "e-2"]}
         assert acks[2]["accepted"] == 1 and acks[2]["rejected"][0]["reason"] == "out_of_range"
         assert acks[2]["rejected"][0]["index"] == 1 and acks[2]["event_ids"] == ["e-1", "e-2"]
         assert acks[3]["rejected"][0]["reason"] == "invalid_json"
@@ -265,7 +265,7 @@ async def test_database_outage_holds_then_stores_everything(
             await engine.dispose()
 
 
-class outage:  # noqa: N801 - used as a context manager like a function
+class outage:
     """A database outage on demand: a TCP proxy for PostgreSQL, a held write lock for SQLite."""
 
     def __init__(self, db_url: str) -> None:
