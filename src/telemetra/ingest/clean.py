@@ -100,6 +100,7 @@ class Policy:
     late_after_us: int = 600 * US_PER_S
     clock_correct_after_us: int = 120 * US_PER_S
     clock_min_samples: int = 5
+    clock_min_span_us: int = 300 * US_PER_S  # samples must cover this much receive time
     clock_max_spread_us: int = 60 * US_PER_S
     gap_min_us: int = 60 * US_PER_S
 
@@ -117,7 +118,8 @@ class DeviceState:
     """A device's running cleaning state, kept by the pipeline between batches."""
 
     series: dict[str, Series] = field(default_factory=dict)
-    offsets: deque[int] = field(default_factory=lambda: deque(maxlen=50))
+    offsets: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=50))
+    samples: int = 0
     offset_us: int | None = None  # current clock-offset estimate (device − receive time)
     offset_stable: bool = False
     last_ts: int | None = None
@@ -128,20 +130,28 @@ def _percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def observe_clock(state: DeviceState, sample_us: int, policy: Policy) -> None:
+def observe_clock(state: DeviceState, received_at: int, sample_us: int, policy: Policy) -> None:
     """Add one sample of (device time − receive time) and update the offset estimate.
 
     Network delay only ever makes the sample smaller, so a high percentile estimates the
-    true offset. A correction is trusted only when the samples agree (small spread): a
-    device replaying a backlog has samples spread over hours and must not be "corrected".
+    true offset. The estimate is trusted only when the samples agree (small spread) over a
+    real stretch of receive time: a device replaying a backlog sends device times that
+    advance much faster than the receive time, and must not be "corrected".
     """
-    state.offsets.append(sample_us)
-    if len(state.offsets) < policy.clock_min_samples:
+    state.offsets.append((received_at, sample_us))
+    state.samples += 1
+    # Re-estimating costs a sort; every few samples is plenty for a slowly moving offset.
+    if state.samples < policy.clock_min_samples or (
+        state.offset_us is not None and state.samples % 8
+    ):
         return
-    ordered = sorted(state.offsets)
+    ordered = sorted(sample for _, sample in state.offsets)
     high = _percentile(ordered, 0.9)
     state.offset_us = high
-    state.offset_stable = high - _percentile(ordered, 0.1) <= policy.clock_max_spread_us
+    state.offset_stable = (
+        high - _percentile(ordered, 0.1) <= policy.clock_max_spread_us
+        and received_at - state.offsets[0][0] >= policy.clock_min_span_us
+    )
 
 
 def clean(
@@ -158,7 +168,7 @@ def clean(
     counts: Counter[str] = Counter()
     newest = max((r.ts for e in entries if e.has_device_time for r in e.readings), default=None)
     if newest is not None:
-        observe_clock(state, newest - received_at, policy)
+        observe_clock(state, received_at, newest - received_at, policy)
     offset = state.offset_us if state.offset_stable else None
     correct = offset is not None and abs(offset) > policy.clock_correct_after_us
 

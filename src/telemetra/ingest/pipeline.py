@@ -8,13 +8,14 @@ idempotent, so a redelivery after a crash stores nothing twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -31,7 +32,6 @@ from telemetra.model import (
     US_PER_S,
     Decoded,
     Device,
-    Flag,
     Reading,
     Reason,
     Rejection,
@@ -40,7 +40,6 @@ from telemetra.model import (
 from telemetra.store.catalog import DeviceRegistry, MetricIds
 from telemetra.store.schema import latest, metrics
 from telemetra.store.write import (
-    Row,
     add_dead_letters,
     add_quality_counts,
     assigned_times,
@@ -52,6 +51,7 @@ from telemetra.store.write import (
 log = structlog.get_logger("telemetra.pipeline")
 
 DEADLETTER_TOPIC = "telemetra/deadletter"
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -146,6 +146,7 @@ class _Work:
     entries: list[Decoded] = field(default_factory=list)
     readings: list[Reading] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    new_times: list[tuple[int, str, int]] = field(default_factory=list)  # to remember
 
     @property
     def message(self) -> Message:
@@ -187,7 +188,15 @@ class Pipeline:
     async def process(self, messages: Sequence[Message]) -> list[Outcome]:
         """Store one batch; returns an outcome per message once it is committed.
 
-        Raises only when the database stays unavailable (the caller retries the batch).
+        Raises when the database is unavailable or refuses the batch.
+        """
+        return await self.commit(await self.prepare(messages))
+
+    async def prepare(self, messages: Sequence[Message]) -> list[_Work]:
+        """Route, decode and clean a batch (reads the database, writes only new names).
+
+        Cleaning, which moves each device's state forward, comes last: when a lookup fails
+        the whole call can be retried without counting anything twice.
         """
         works = [self._route(m) for m in messages]
         await self._resolve_devices(works)
@@ -195,17 +204,14 @@ class Pipeline:
             if work.device is not None:
                 self._decode(work)
         await self._load_states({w.device.id for w in works if w.device is not None})
-        pending_times = await self._assign_event_times(works)
+        await self._assign_event_times(works)
+        await self.metric_ids.resolve(
+            self.engine, {r.metric for w in works for e in w.entries for r in e.readings}
+        )
         for work in works:
             if work.device is not None:
                 self._clean(work)
-        ids = await self.metric_ids.resolve(
-            self.engine, {r.metric for w in works for r in w.readings}
-        )
-        await self._store(works, ids, pending_times)
-        outcomes = [w.outcome for w in works]
-        self.stats["messages"] += len(outcomes)
-        return outcomes
+        return works
 
     def _route(self, message: Message) -> _Work:
         outcome = Outcome(message)
@@ -304,7 +310,7 @@ class Pipeline:
                 state.series[name] = Series(ts, value)
                 state.last_ts = ts if state.last_ts is None else max(state.last_ts, ts)
 
-    async def _assign_event_times(self, works: list[_Work]) -> list[tuple[int, str, int]]:
+    async def _assign_event_times(self, works: list[_Work]) -> None:
         """Give entries without a device time the time first assigned to their event.
 
         Entries with an ``event_id`` are always looked up; entries without one get a key
@@ -326,27 +332,25 @@ class Pipeline:
                     look = work.message.redelivered
                 wanted.append((work, entry, key, look))
         if not wanted:
-            return []
+            return
         lookup = [k for _, _, k, look in wanted if look and k not in self._recent_times]
         stored: dict[tuple[int, str], int] = {}
         if lookup:
             async with self.engine.connect() as conn:
                 stored = await assigned_times(conn, lookup)
-        pending: list[tuple[int, str, int]] = []
         for work, entry, key, look in wanted:
             ts = self._recent_times.get(key) if look else None
             if ts is None and look:
                 ts = stored.get(key)
             if ts is None:
                 ts = work.message.received_at
-                pending.append((key[0], key[1], ts))
+                work.new_times.append((key[0], key[1], ts))
             self._recent_times[key] = ts
             self._recent_times.move_to_end(key)
             for reading in entry.readings:
                 reading.ts = ts
         while len(self._recent_times) > 100_000:
             self._recent_times.popitem(last=False)
-        return pending
 
     def _clean(self, work: _Work) -> None:
         assert work.device is not None
@@ -364,21 +368,27 @@ class Pipeline:
         self.stats.update(counts)
         work.counts = counts
 
-    async def _store(
-        self,
-        works: list[_Work],
-        ids: dict[str, int],
-        pending_times: list[tuple[int, str, int]],
-    ) -> None:
-        """Write the batch in one transaction: readings, rollups, quality, dead letters."""
-        rows: dict[tuple[int, int, int], Row] = {}
+    async def commit(self, works: list[_Work]) -> list[Outcome]:
+        """Write a prepared batch in one transaction: readings, rollups, quality, dead letters.
+
+        Outcomes change only after the commit, so a failed attempt can simply be retried.
+        """
+        ids = self.metric_ids.ids
+        rows: dict[tuple[int, int, int], tuple[Any, ...]] = {}
         owner: dict[tuple[int, int, int], tuple[_Work, Reading]] = {}
         quality: Counter[tuple[int, int, str]] = Counter()
-        conflicts: list[tuple[_Work, Reading, str]] = []
-        for work in works:
+        accepted: Counter[int] = Counter()  # by position of the work in ``works``
+        extra: list[tuple[int, Rejection]] = []
+        seen: dict[int, tuple[int, int | None]] = {}
+        for position, work in enumerate(works):
             device = work.device
             if device is None:
                 continue
+            state = self.states[device.id]
+            seen[device.id] = (
+                max(seen.get(device.id, (0, None))[0], work.message.received_at),
+                state.offset_us if state.offset_stable else None,
+            )
             q = (device.tenant_id, device.id)
             quality[(*q, "messages")] += 1
             for name, n in work.counts.items():
@@ -386,60 +396,53 @@ class Pipeline:
             for reading in work.readings:
                 key = (device.id, ids[reading.metric], reading.ts)
                 earlier = rows.get(key)
-                if earlier is not None:
+                if earlier is None:
+                    rows[key] = (
+                        device.tenant_id, device.id, key[1], reading.ts, reading.value,
+                        reading.text, work.message.received_at, int(reading.flags),
+                        reading.ts_device,
+                    )  # fmt: skip
+                    owner[key] = (work, reading)
+                elif earlier[4] == reading.value and earlier[5] == reading.text:
                     # Same key twice in one batch: first wins, as in the database.
-                    if earlier.value == reading.value and earlier.text == reading.text:
-                        quality[(*q, "duplicate")] += 1
-                        work.outcome.accepted += 1
-                    else:
-                        conflicts.append((work, reading, _conflict_detail(earlier)))
-                    continue
-                rows[key] = Row(
-                    device.tenant_id, device.id, key[1], reading.ts, reading.value,
-                    reading.text, work.message.received_at, int(reading.flags),
-                    reading.ts_device,
-                )  # fmt: skip
-                owner[key] = (work, reading)
-
-        seen: dict[int, tuple[int, int | None]] = {}
-        for work in works:
-            if work.device is not None:
-                state = self.states[work.device.id]
-                previous = seen.get(work.device.id, (0, None))[0]
-                seen[work.device.id] = (
-                    max(previous, work.message.received_at),
-                    state.offset_us if state.offset_stable else None,
-                )
+                    quality[(*q, "duplicate")] += 1
+                    accepted[position] += 1
+                else:
+                    extra.append((position, _conflict(reading, _conflict_detail(earlier))))
+        position_of = {id(w): i for i, w in enumerate(works)}
 
         async with self.engine.begin() as conn:
             result = await write_readings(conn, list(rows.values()))
             stored_again = {(e.device_id, e.metric_id, e.ts): e.same for e in result.existing}
+            db_conflicts = []
             for key, row in rows.items():
                 work, reading = owner[key]
                 same = stored_again.get(key)
-                q = (row.tenant_id, row.device_id)
                 if same is None:
-                    quality[(*q, "accepted")] += 1
-                    work.outcome.accepted += 1
+                    quality[(row[0], row[1], "accepted")] += 1
                 elif same:
-                    quality[(*q, "duplicate")] += 1
-                    work.outcome.accepted += 1
+                    quality[(row[0], row[1], "duplicate")] += 1
                 else:
-                    conflicts.append((work, reading, "a different value is already stored"))
-            for work, reading, detail in conflicts:
-                assert work.device is not None
-                quality[(work.device.tenant_id, work.device.id, "conflict")] += 1
-                work.outcome.rejected.append(
-                    Rejection(Reason.CONFLICT, detail, metric=reading.metric)
-                )
+                    db_conflicts.append((position_of[id(work)], _conflict(reading, None)))
+                    continue
+                accepted[position_of[id(work)]] += 1
+            rejected: dict[int, list[Rejection]] = {
+                i: list(w.outcome.rejected) for i, w in enumerate(works)
+            }
+            for position, rejection in extra + db_conflicts:
+                rejected[position].append(rejection)
             letters = []
             cap = self.settings.deadletter_payload_bytes
-            for work in works:
+            for position, work in enumerate(works):
                 outcome = work.outcome
-                for rejection in outcome.rejected:
-                    if work.device is not None and rejection.reason != Reason.CONFLICT:
-                        quality[(work.device.tenant_id, work.device.id,
-                                 f"rejected:{rejection.reason}")] += 1  # fmt: skip
+                for rejection in rejected[position]:
+                    if work.device is not None:
+                        counter = (
+                            "conflict"
+                            if rejection.reason == Reason.CONFLICT
+                            else f"rejected:{rejection.reason}"
+                        )
+                        quality[(work.device.tenant_id, work.device.id, counter)] += 1
                     letters.append(
                         {
                             "tenant_id": outcome.tenant_id,
@@ -454,61 +457,80 @@ class Pipeline:
                             "received_at": outcome.message.received_at,
                         }
                     )
-            await remember_event_times(conn, pending_times)
+            await remember_event_times(conn, [t for w in works for t in w.new_times])
             await add_dead_letters(conn, letters)
             await add_quality_counts(conn, dict(quality))
             await touch_devices(conn, seen)
+
+        for position, work in enumerate(works):
+            work.outcome.accepted += accepted[position]
+            work.outcome.rejected = rejected[position]
+        self.stats["messages"] += len(works)
         self.stats["readings"] += result.inserted
         self.stats["rejections"] += len(letters)
+        outcomes = [w.outcome for w in works]
         if self.listeners:
             committed = [
-                Committed(row.tenant_id, owner[key][0].outcome.device or "", owner[key][1])
+                Committed(row[0], owner[key][0].outcome.device or "", owner[key][1])
                 for key, row in rows.items()
                 if key not in stored_again
             ]
-            outcomes = [w.outcome for w in works]
             for listener in self.listeners:
                 try:
                     await listener(outcomes, committed)
                 except Exception:  # a listener must never undo or block ingest
                     log.exception("fan-out listener failed")
+        return outcomes
 
     # -- the loop ---------------------------------------------------------------------------
 
-    async def process_until_stored(self, messages: Sequence[Message]) -> list[Outcome]:
-        """``process`` with retries and backoff while the database is unavailable.
-
-        A batch the database refuses for its content (not its availability) is split, so one
-        poisonous message is dead-lettered instead of blocking everything behind it.
-        """
+    async def _retrying(self, step: Callable[[], Awaitable[T]], size: int) -> T:
+        """Run ``step`` until it succeeds or fails for a reason other than availability."""
         delay = 0.2
         while True:
             try:
-                return await self.process(messages)
+                return await step()
             except Exception as error:
                 if not database_unavailable(error):
-                    return await self._isolate(messages, error)
+                    raise
                 self.stats["db_retries"] += 1
                 log.warning(
                     "database unavailable; holding the batch and retrying",
-                    messages=len(messages), retry_in_s=round(delay, 1), error=str(error)[:200],
+                    messages=size, retry_in_s=round(delay, 1), error=str(error)[:200],
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def _isolate(self, messages: Sequence[Message], error: Exception) -> list[Outcome]:
-        if len(messages) == 1:
-            log.error("message refused by the database", topic=messages[0].topic, error=str(error))
-            outcome = Outcome(messages[0], device=messages[0].device)
-            outcome.rejected.append(
+    async def process_until_stored(self, messages: Sequence[Message]) -> list[Outcome]:
+        """``process`` that waits out database outages (retry with backoff)."""
+        return await self.commit_until_stored(await self.prepare_until_ready(messages))
+
+    async def prepare_until_ready(self, messages: Sequence[Message]) -> list[_Work]:
+        """``prepare``, retried while the database is unavailable."""
+        return await self._retrying(lambda: self.prepare(messages), len(messages))
+
+    async def commit_until_stored(self, works: list[_Work]) -> list[Outcome]:
+        """``commit``, retried while the database is unavailable.
+
+        A batch the database refuses for its content (not its availability) is split, so one
+        poisonous message is dead-lettered instead of blocking everything behind it.
+        """
+        try:
+            return await self._retrying(lambda: self.commit(works), len(works))
+        except Exception as error:
+            if len(works) > 1:
+                middle = len(works) // 2
+                return [
+                    *await self.commit_until_stored(works[:middle]),
+                    *await self.commit_until_stored(works[middle:]),
+                ]
+            work = works[0]
+            log.error("message refused by the database", topic=work.message.topic, error=str(error))
+            work.readings = []
+            work.outcome.rejected.append(
                 Rejection(Reason.BAD_VALUE, f"refused by the database: {str(error)[:300]}")
             )
-            return [outcome]
-        middle = len(messages) // 2
-        return [
-            *await self.process_until_stored(messages[:middle]),
-            *await self.process_until_stored(messages[middle:]),
-        ]
+            return await self._retrying(lambda: self.commit(works), 1)
 
     async def run(
         self,
@@ -516,17 +538,39 @@ class Pipeline:
         done: Callable[[list[Outcome]], None],
         stop: asyncio.Event,
     ) -> None:
-        """Take batches from ``inbox`` until ``stop`` is set; ``done`` acknowledges them."""
+        """Take batches from ``inbox`` until ``stop`` is set; ``done`` acknowledges them.
+
+        The next batch is decoded and cleaned while the previous one is being committed.
+        """
         max_wait = self.settings.batch_max_wait_ms / 1000
-        while not (stop.is_set() and not len(inbox)):
-            batch = await inbox.take(self.settings.batch_max_messages, max_wait, stop)
-            if batch:
-                outcomes = await self.process_until_stored(batch)
-                done(outcomes)
+        prepared: asyncio.Queue[list[_Work] | None] = asyncio.Queue(maxsize=1)
+
+        async def writer() -> None:
+            while (works := await prepared.get()) is not None:
+                done(await self.commit_until_stored(works))
+
+        writing = asyncio.create_task(writer())
+        try:
+            while not (stop.is_set() and not len(inbox)):
+                batch = await inbox.take(self.settings.batch_max_messages, max_wait, stop)
+                if batch:
+                    await prepared.put(await self.prepare_until_ready(batch))
+                if writing.done():
+                    break
+        finally:
+            if not writing.done():
+                await prepared.put(None)
+            await writing
 
 
-def _conflict_detail(row: Row) -> str:
-    shown = row.value if row.text is None else repr(row.text[:40])
+def _conflict(reading: Reading, detail: str | None) -> Rejection:
+    return Rejection(
+        Reason.CONFLICT, detail or "a different value is already stored", metric=reading.metric
+    )
+
+
+def _conflict_detail(row: tuple[Any, ...]) -> str:
+    shown = row[4] if row[5] is None else repr(row[5][:40])
     return f"another value ({shown}) arrived for the same time in this batch; first kept"
 
 
@@ -578,10 +622,8 @@ class Inbox:
         if len(self._items) < most:
             self._filled.clear()
             if len(self._items) < most:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._filled.wait(), max_wait)
-                except TimeoutError:
-                    pass
         with self._lock:
             count = min(most, len(self._items))
             batch = [self._items.popleft() for _ in range(count)]

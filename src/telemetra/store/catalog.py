@@ -37,8 +37,10 @@ class MetricIds:
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
 
-    def get(self, name: str) -> int | None:
-        return self._ids.get(name)
+    @property
+    def ids(self) -> dict[str, int]:
+        """The names resolved so far."""
+        return self._ids
 
     async def resolve(self, engine: AsyncEngine, names: Iterable[str]) -> dict[str, int]:
         """Ids for ``names``, inserting unknown ones (committed at once)."""

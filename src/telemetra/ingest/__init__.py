@@ -1,0 +1,1 @@
+"""Ingest: topic routes, payload decoding, timestamps and cleaning of device messages."""
