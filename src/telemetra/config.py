@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     mqtt_receive_maximum: int = Field(
         20000, ge=1, le=65535, description="in-flight QoS1 window the broker may send us"
     )
-    mqtt_ack_qos: int = Field(1, ge=0, le=1, description="QoS of ack-topic messages to devices")
+    mqtt_ack_qos: int = Field(
+        0, ge=0, le=1, description="QoS of ack-topic messages (a lost ack only causes a resend)"
+    )
     routes: str | None = Field(
         None, description='topic routes as JSON: [{"pattern", "format", "ack"}, ...]'
     )

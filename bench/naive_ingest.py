@@ -1,0 +1,96 @@
+"""The naive baseline: what a simple hand-written ingester does.
+
+paho subscriber (QoS1, acknowledged on receipt), and per message: parse JSON, one INSERT of its
+values, commit. Used by bench/ingest.py only.
+
+    python bench/naive_ingest.py DATABASE_URL MQTT_PORT CLIENT_ID [--setup-only]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import sys
+from typing import Any
+
+import asyncpg
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS naive_readings (device TEXT, metric TEXT, ts BIGINT, "
+    "value DOUBLE PRECISION, PRIMARY KEY (device, metric, ts))",
+    "CREATE TABLE IF NOT EXISTS naive_messages (n INTEGER)",
+]
+
+
+def rows_of(topic: str, payload: bytes) -> list[tuple[str, str, int, float]]:
+    body = json.loads(payload)
+    device = topic.split("/")[1]
+    values = body.get("values", body)
+    return [
+        (device, k, int(body["ts"]), float(v))
+        for k, v in values.items()
+        if isinstance(v, int | float) and k not in ("ts", "event_id")
+    ]
+
+
+def main() -> None:
+    url, port, client_id = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    setup_only = "--setup-only" in sys.argv
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_message = lambda _c, _u, m: inbox.put((m.topic, m.payload))
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    client.connect("127.0.0.1", port, clean_start=False, properties=props)
+    client.subscribe("devices/+/telemetry", qos=1)
+    client.loop_start()
+
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=30, isolation_level=None)
+        for ddl in SCHEMA:
+            conn.execute(ddl)
+
+        def store(rows: list[tuple[str, str, int, float]]) -> None:
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO naive_readings VALUES (?, ?, ?, ?)", rows)
+            conn.execute("INSERT INTO naive_messages VALUES (1)")
+            conn.execute("COMMIT")
+    else:
+        loop = asyncio.new_event_loop()
+        pg = loop.run_until_complete(asyncpg.connect(url))
+        for ddl in SCHEMA:
+            loop.run_until_complete(pg.execute(ddl))
+
+        async def insert(rows: list[tuple[str, str, int, float]]) -> None:
+            values = ", ".join(
+                f"(${4 * i + 1}, ${4 * i + 2}, ${4 * i + 3}, ${4 * i + 4})" for i in range(len(rows))
+            )
+            async with pg.transaction():
+                await pg.execute(
+                    f"INSERT INTO naive_readings VALUES {values}", *[x for r in rows for x in r]
+                )
+                await pg.execute("INSERT INTO naive_messages VALUES (1)")
+
+        def store(rows: list[tuple[str, str, int, float]]) -> None:
+            loop.run_until_complete(insert(rows))
+
+    if setup_only:
+        import time
+
+        time.sleep(1.0)  # let the SUBACK arrive: the session must hold the subscription
+        client.loop_stop()
+        client.disconnect()
+        return
+    while True:
+        topic, payload = inbox.get()
+        store(rows_of(topic, payload))
+
+
+if __name__ == "__main__":
+    main()
