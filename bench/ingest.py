@@ -128,7 +128,10 @@ def make_database(kind: str, folder: Path) -> Database:
         await conn.close()
 
     asyncio.run(create())
-    return Database(kind, f"{PG_SERVER}/{name}")
+    url = f"{PG_SERVER}/{name}"
+    env = {**os.environ, "TELEMETRA_DATABASE_URL": url}
+    subprocess.run([sys.executable, "-m", "telemetra.cli", "migrate"], env=env, check=True)
+    return Database(kind, url)
 
 
 def drop_database(db: Database) -> None:

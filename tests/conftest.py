@@ -68,7 +68,7 @@ async def pg_url() -> AsyncIterator[str]:
     except (TimeoutError, OSError) as exc:
         missing(f"PostgreSQL at {PG_SERVER} ({exc})")
     url = f"{PG_SERVER}/{name}"
-    engine = await open_database(url)
+    engine = await open_database(url, migrate_schema=True)
     await engine.dispose()
     yield url
     await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

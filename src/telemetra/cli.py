@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 def fail(message: str) -> typer.Exit:
     """Print a one-line reason and exit non-zero."""
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 

@@ -43,11 +43,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     """Apply Alembic migrations up to ``revision`` (idempotent)."""
     from alembic import command
-    from alembic.config import Config
 
-    here = Path(__file__).parent
-    config = Config(str(here / "alembic.ini"))
-    config.set_main_option("script_location", str(here / "migrations"))
+    config = _alembic_config()
 
     def upgrade(connection: Any) -> None:
         config.attributes["connection"] = connection
@@ -57,9 +54,47 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
         await conn.run_sync(upgrade)
 
 
-async def open_database(url: str, *, migrate_schema: bool = True) -> AsyncEngine:
-    """Create the engine and, unless told otherwise, bring the schema up to date."""
+class SchemaOutOfDate(LookupError):
+    """The database is not at the schema this version of Telemetra needs."""
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    here = Path(__file__).parent
+    config = Config(str(here / "alembic.ini"))
+    config.set_main_option("script_location", str(here / "migrations"))
+    return config
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    """Raise ``SchemaOutOfDate`` unless the database is at the newest migration."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    async with engine.connect() as conn:
+        current = await conn.run_sync(
+            lambda c: MigrationContext.configure(c).get_current_revision()
+        )
+    if current != head:
+        raise SchemaOutOfDate(
+            f"the database schema is at {current or 'nothing'}, this Telemetra needs {head}: "
+            "run `telemetra migrate`"
+        )
+
+
+async def open_database(url: str, *, migrate_schema: bool | None = None) -> AsyncEngine:
+    """Create the engine with the schema up to date.
+
+    The embedded SQLite default migrates itself; a server database (several processes may
+    start at once) is only checked, and ``telemetra migrate`` applies its migrations.
+    """
     engine = create_engine(url)
+    if migrate_schema is None:
+        migrate_schema = is_sqlite(engine)
     if migrate_schema:
         await migrate(engine)
+    else:
+        await check_schema(engine)
     return engine

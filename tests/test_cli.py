@@ -1,0 +1,84 @@
+"""The command line: help, administration, errors as one line, schema policy."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+from conftest import PG_SERVER, missing
+from typer.testing import CliRunner
+
+from telemetra.cli import app
+
+runner = CliRunner()
+
+
+def invoke(env: dict[str, str], *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), env=env)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    return {"TELEMETRA_DATA_DIR": str(tmp_path / "data"), "TELEMETRA_DATABASE_URL": ""}
+
+
+def test_help_lists_the_commands() -> None:
+    code, out = invoke({}, "--help")
+    assert code == 0
+    for command in ("migrate", "ingest", "import", "sim", "tenant", "device"):
+        assert command in out
+
+
+def test_device_administration_on_the_embedded_default(sqlite_env: dict[str, str]) -> None:
+    # No migrate first: the embedded SQLite default migrates itself.
+    code, out = invoke(sqlite_env, "tenant", "create", "school", "--timezone", "Europe/Vienna")
+    assert code == 0, out
+    code, out = invoke(
+        sqlite_env, "device", "create", "esp32-1", "--tenant", "school", "--type", "climate",
+        "--metadata", '{"location": {"lat": 48.2, "lon": 16.4}, "firmware": "1.2.0"}',
+    )  # fmt: skip
+    assert code == 0, out
+    token = out.strip().splitlines()[-1]
+    assert len(token) >= 40
+    code, out = invoke(sqlite_env, "device", "list", "--json")
+    assert code == 0 and '"uid": "esp32-1"' in out and token not in out
+    assert '"firmware": "1.2.0"' in out
+
+    code, out = invoke(sqlite_env, "device", "create", "esp32-1")
+    assert code == 1 and "already exists" in out
+    code, out = invoke(sqlite_env, "device", "create", "bad/id")
+    assert code == 1 and "invalid device id" in out
+    code, out = invoke(sqlite_env, "device", "create", "x", "--tenant", "nope")
+    assert code == 1 and "no tenant named 'nope'" in out
+    code, out = invoke(sqlite_env, "device", "create", "y", "--timezone", "Mars/Base")
+    assert code == 1 and "unknown time zone" in out
+
+
+def test_server_database_must_be_migrated_explicitly() -> None:
+    name = f"telemetra_cli_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_SERVER + "/postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except OSError:
+        pytest.skip("PostgreSQL not available")
+    env = {"TELEMETRA_DATABASE_URL": f"{PG_SERVER}/{name}"}
+    try:
+        code, out = invoke(env, "device", "list")
+        assert code == 1 and "run `telemetra migrate`" in out
+        code, out = invoke(env, "migrate")
+        assert code == 0, out
+        code, out = invoke(env, "device", "list")
+        assert code == 0, out
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
