@@ -8,10 +8,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import PG_SERVER, missing
 from typer.testing import CliRunner
 
 from telemetra.cli import app
+
+from conftest import PG_SERVER, missing
 
 runner = CliRunner()
 
@@ -71,7 +72,7 @@ def test_server_database_must_be_migrated_explicitly() -> None:
     try:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     except OSError:
-        pytest.skip("PostgreSQL not available")
+        missing("PostgreSQL")
     env = {"TELEMETRA_DATABASE_URL": f"{PG_SERVER}/{name}"}
     try:
         code, out = invoke(env, "device", "list")

@@ -1,4 +1,4 @@
-"""Migrations and schema agree, on both databases; a default tenant exists; migrate is idempotent."""
+"""Migrations match the schema on both databases; a default tenant exists; migrate is idempotent."""
 
 from __future__ import annotations
 
