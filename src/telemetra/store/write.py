@@ -154,7 +154,6 @@ async def _write_postgresql(conn: AsyncConnection, rows: Sequence[tuple[Any, ...
     inserted = int(result[0][4])
     # A row skipped for a concurrent writer's insert is invisible here: count it as equal.
     existing = [Existing(r[0], r[1], r[2], r[3] is not False) for r in result[1:]]
-    await apg.execute("TRUNCATE staging_readings")
     return WriteResult(inserted, existing)
 
 
