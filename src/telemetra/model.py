@@ -106,6 +106,7 @@ class Device:
     uid: str
     type: str | None = None
     timezone: str | None = None
+    clock_offset_us: int | None = None  # last trusted estimate, kept across restarts
 
 
 def valid_device_uid(uid: str) -> bool:

@@ -220,3 +220,32 @@ async def test_fan_out_sees_only_new_readings(engine: AsyncEngine) -> None:
     await pipe.process_until_stored([msg(uid, body)])
     assert sorted(c.reading.metric for c in seen) == ["humidity", "temperature"]
     assert {c.device for c in seen} == {uid}
+
+
+async def test_clock_offset_is_estimated_corrected_and_kept_across_restarts(
+    engine: AsyncEngine,
+) -> None:
+    pipe, uid, tenant_id = await setup(engine)
+    hour_us, step_us = 3600 * 1_000_000, 15 * 1_000_000
+    base = NOW_US - 2 * hour_us
+
+    def ahead(i: int) -> Message:  # a device whose clock runs one hour fast
+        received = base + i * step_us
+        return msg(uid, {"ts": (received + hour_us) // 1000, "t": 20.0 + i % 3}, received=received)
+
+    outcomes = [o for i in range(40) for o in await pipe.process_until_stored([ahead(i)])]
+    assert outcomes[0].rejected[0].reason == "future_timestamp"
+    assert outcomes[-1].accepted == 1 and not outcomes[-1].rejected
+    restarted = Pipeline(engine, pipe.settings)
+    [after_restart] = await restarted.process_until_stored([ahead(40)])
+    assert after_restart.accepted == 1
+    rows = await stored(engine, uid)
+    assert rows[-1].flags & Flag.CLOCK_CORRECTED
+    assert abs(rows[-1].ts - (base + 40 * step_us)) < 2_000_000
+    counts = await counters(engine, uid, tenant_id)
+    assert counts["clock_corrected"] == len(rows) and "gap" not in counts
+    async with engine.connect() as conn:
+        device_id = await query.device_by_uid(conn, tenant_id, uid)
+        assert device_id is not None
+        summary = await query.quality(conn, tenant_id, device_id)
+    assert summary is not None and abs((summary.clock_offset_us or 0) - hour_us) < 2_000_000

@@ -121,6 +121,7 @@ class DeviceState:
     offsets: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=50))
     samples: int = 0
     offset_us: int | None = None  # current clock-offset estimate (device − receive time)
+    applied_us: int = 0  # the correction in force (see ``applied_offset``)
     offset_stable: bool = False
     last_ts: int | None = None
     interval_us: float | None = None  # smoothed interval between readings
@@ -134,24 +135,39 @@ def observe_clock(state: DeviceState, received_at: int, sample_us: int, policy: 
     """Add one sample of (device time − receive time) and update the offset estimate.
 
     Network delay only ever makes the sample smaller, so a high percentile estimates the
-    true offset. The estimate is trusted only when the samples agree (small spread) over a
-    real stretch of receive time: a device replaying a backlog sends device times that
-    advance much faster than the receive time, and must not be "corrected".
+    true offset. A verdict needs samples over a real stretch of receive time, and it trusts
+    the estimate only when they agree (small spread): a device replaying a backlog sends
+    device times that advance much faster than the receive time and must not be
+    "corrected". Until there is enough evidence, the previous verdict stands.
     """
-    state.offsets.append((received_at, sample_us))
+    offsets = state.offsets
+    # One slot per step of receive time, keeping the best (least delayed) sample, so that
+    # the window spans the same time for fast and slow publishers.
+    step = policy.clock_min_span_us // 40
+    if offsets and received_at - offsets[-1][0] < step:
+        if sample_us > offsets[-1][1]:
+            offsets[-1] = (offsets[-1][0], sample_us)
+    else:
+        offsets.append((received_at, sample_us))
     state.samples += 1
     # Re-estimating costs a sort; every few samples is plenty for a slowly moving offset.
-    if state.samples < policy.clock_min_samples or (
-        state.offset_us is not None and state.samples % 8
-    ):
+    if len(offsets) < policy.clock_min_samples or state.samples % 8:
         return
-    ordered = sorted(sample for _, sample in state.offsets)
+    ordered = sorted(sample for _, sample in offsets)
     high = _percentile(ordered, 0.9)
-    state.offset_us = high
-    state.offset_stable = (
-        high - _percentile(ordered, 0.1) <= policy.clock_max_spread_us
-        and received_at - state.offsets[0][0] >= policy.clock_min_span_us
-    )
+    if received_at - offsets[0][0] >= policy.clock_min_span_us:
+        state.offset_us = high
+        state.offset_stable = high - _percentile(ordered, 0.1) <= policy.clock_max_spread_us
+    elif not state.offset_stable:
+        state.offset_us = high  # for display; not applied
+
+
+def applied_offset(state: DeviceState, policy: Policy) -> int:
+    """The correction to subtract from device times now (0: the clock is trusted)."""
+    offset = state.offset_us
+    if state.offset_stable and offset is not None and abs(offset) > policy.clock_correct_after_us:
+        return offset
+    return 0
 
 
 def clean(
@@ -169,13 +185,20 @@ def clean(
     newest = max((r.ts for e in entries if e.has_device_time for r in e.readings), default=None)
     if newest is not None:
         observe_clock(state, received_at, newest - received_at, policy)
-    offset = state.offset_us if state.offset_stable else None
-    correct = offset is not None and abs(offset) > policy.clock_correct_after_us
+    offset = applied_offset(state, policy)
+    if offset != state.applied_us:
+        # Times remembered so far were corrected by the old offset: keep them comparable,
+        # so that starting a correction is neither a gap nor out of order.
+        shift = offset - state.applied_us
+        for series in state.series.values():
+            series.last_ts -= shift
+        if state.last_ts is not None:
+            state.last_ts -= shift
+        state.applied_us = offset
 
     for entry in entries:
         for reading in entry.readings:
-            if entry.has_device_time and correct:
-                assert offset is not None
+            if offset and entry.has_device_time:
                 reading.ts_device = reading.ts
                 reading.ts -= offset
                 reading.flags |= Flag.CLOCK_CORRECTED

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra.config import Settings
-from telemetra.ingest.clean import DeviceState, Policy, RuleBook, Series, clean
+from telemetra.ingest.clean import DeviceState, Policy, RuleBook, Series, applied_offset, clean
 from telemetra.ingest.decode import decode
 from telemetra.ingest.routes import DEFAULT_ROUTES, Route, match
 from telemetra.model import (
@@ -203,7 +203,7 @@ class Pipeline:
         for work in works:
             if work.device is not None:
                 self._decode(work)
-        await self._load_states({w.device.id for w in works if w.device is not None})
+        await self._load_states({w.device.id: w.device for w in works if w.device is not None})
         await self._assign_event_times(works)
         await self.metric_ids.resolve(
             self.engine, {r.metric for w in works for e in w.entries for r in e.readings}
@@ -292,13 +292,21 @@ class Pipeline:
         work.entries = result.entries
         work.outcome.rejected.extend(result.rejections)
 
-    async def _load_states(self, device_ids: set[int]) -> None:
-        """Start cleaning state of devices new to this process from their latest values."""
-        new = device_ids - self.states.keys()
+    async def _load_states(self, devices: dict[int, Device]) -> None:
+        """Start the cleaning state of devices new to this process from what is stored.
+
+        Latest values feed out-of-order and counter checks; the stored clock offset is
+        trusted again at once, so a restart does not pause a device's correction.
+        """
+        new = devices.keys() - self.states.keys()
         if not new:
             return
         for device_id in new:
-            self.states[device_id] = DeviceState()
+            state = self.states[device_id] = DeviceState()
+            stored_offset = devices[device_id].clock_offset_us
+            if stored_offset is not None:
+                state.offset_us, state.offset_stable = stored_offset, True
+                state.applied_us = applied_offset(state, self.policy)
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 select(latest.c.device_id, metrics.c.name, latest.c.ts, latest.c.value)

@@ -57,7 +57,7 @@ class MetricIds:
 
 
 def _device(row: Any) -> Device:
-    return Device(row.id, row.tenant_id, row.uid, row.type, row.timezone)
+    return Device(row.id, row.tenant_id, row.uid, row.type, row.timezone, row.clock_offset_us)
 
 
 class DeviceRegistry:
