@@ -20,9 +20,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conftest import PG_SERVER, Broker, TcpProxy, stop
 from telemetra.store.database import open_database
 from telemetra.store.schema import dead_letters, devices, readings, rollup_1m
+
+from conftest import PG_SERVER, Broker, TcpProxy, stop
 
 NOW_MS = int(time.time() * 1000) - 60_000
 
@@ -296,3 +297,28 @@ class outage:
         self._unlock()
         if self.proxy is not None:
             self.proxy.close()
+
+
+async def test_stop_during_outage_exits_and_loses_nothing(
+    db_url: str, mosquitto: Broker, publisher: Publisher, ingest_log: Path
+) -> None:
+    """SIGTERM while the database is down: exit promptly, leave the messages unacknowledged."""
+    p = f"term{uuid.uuid4().hex[:6]}"
+    client_id = f"ingest-{p}"
+    with outage(db_url) as (worker_url, down, up):
+        worker = start_ingest(worker_url, mosquitto, client_id, ingest_log)
+        engine = await open_database(db_url, migrate_schema=False)
+        try:
+            down()
+            for topic, body in batch_of(p, 50):
+                publisher.publish(topic, body)
+            time.sleep(1.0)
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(20) == 0
+            assert b"left for redelivery" in ingest_log.read_bytes()
+            up()
+            worker = start_ingest(worker_url, mosquitto, client_id, ingest_log)
+            assert await wait_rows(engine, p, 100) == 100
+        finally:
+            stop(worker)
+            await engine.dispose()

@@ -132,6 +132,8 @@ class MqttIngest:
                 log.warning("disconnected from broker; reconnecting", reason=str(reason))
 
         def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            if stop.is_set():
+                return  # not acknowledged: the broker delivers it again next time
             inbox.put(
                 Message(
                     msg.topic,

@@ -126,6 +126,10 @@ def deadletter_payload(outcome: Outcome, rejection: Rejection, cap: int) -> byte
     )
 
 
+class Abandoned(Exception):
+    """Stopping while the database is unavailable: the batch stays unacknowledged."""
+
+
 def database_unavailable(error: BaseException) -> bool:
     """True for errors that mean "try again later", not "this data is bad"."""
     if isinstance(error, sa_exc.DBAPIError):
@@ -182,6 +186,7 @@ class Pipeline:
         # committed, so a redelivery inside that window maps to the same key too.
         self._recent_times: OrderedDict[tuple[int, str], int] = OrderedDict()
         self.stats: Counter[str] = Counter()
+        self.stopping = asyncio.Event()  # set: give up waiting for the database
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -501,12 +506,15 @@ class Pipeline:
             except Exception as error:
                 if not database_unavailable(error):
                     raise
+                if self.stopping.is_set():
+                    raise Abandoned(f"stopping with {size} messages not stored") from error
                 self.stats["db_retries"] += 1
                 log.warning(
                     "database unavailable; holding the batch and retrying",
                     messages=size, retry_in_s=round(delay, 1), error=str(error)[:200],
                 )  # fmt: skip
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
                 delay = min(delay * 2, 10.0)
 
     async def process_until_stored(self, messages: Sequence[Message]) -> list[Outcome]:
@@ -525,6 +533,8 @@ class Pipeline:
         """
         try:
             return await self._retrying(lambda: self.commit(works), len(works))
+        except Abandoned:
+            raise
         except Exception as error:
             if len(works) > 1:
                 middle = len(works) // 2
@@ -549,7 +559,10 @@ class Pipeline:
         """Take batches from ``inbox`` until ``stop`` is set; ``done`` acknowledges them.
 
         The next batch is decoded and cleaned while the previous one is being committed.
+        On stop, what was received is stored first — unless the database is unavailable:
+        then it is left unacknowledged, for the broker to deliver again.
         """
+        self.stopping = stop
         max_wait = self.settings.batch_max_wait_ms / 1000
         prepared: asyncio.Queue[list[_Work] | None] = asyncio.Queue(maxsize=1)
 
@@ -562,13 +575,27 @@ class Pipeline:
             while not (stop.is_set() and not len(inbox)):
                 batch = await inbox.take(self.settings.batch_max_messages, max_wait, stop)
                 if batch:
-                    await prepared.put(await self.prepare_until_ready(batch))
+                    handing = asyncio.ensure_future(
+                        prepared.put(await self.prepare_until_ready(batch))
+                    )
+                    await asyncio.wait({handing, writing}, return_when=asyncio.FIRST_COMPLETED)
+                    if not handing.done():
+                        handing.cancel()
                 if writing.done():
                     break
+        except Abandoned as reason:
+            log.warning("unacknowledged messages left for redelivery", reason=str(reason))
         finally:
-            if not writing.done():
-                await prepared.put(None)
-            await writing
+            while not writing.done():
+                try:
+                    prepared.put_nowait(None)
+                    break
+                except asyncio.QueueFull:
+                    await asyncio.wait({writing}, timeout=0.1)
+            try:
+                await writing
+            except Abandoned as reason:
+                log.warning("unacknowledged messages left for redelivery", reason=str(reason))
 
 
 def _conflict(reading: Reading, detail: str | None) -> Rejection:
