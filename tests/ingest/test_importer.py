@@ -1,0 +1,342 @@
+"""File import: JSON lines and CSV through the live pipeline, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
+
+from telemetra.cli import app
+from telemetra.config import Settings
+from telemetra.ingest.importer import ImportSummary, detect_format, import_file, import_pipeline
+from telemetra.ingest.pipeline import Pipeline
+from telemetra.model import US_PER_S, Flag
+from telemetra.store.catalog import create_device, create_tenant
+from telemetra.store.schema import dead_letters, devices, metrics, readings
+
+DAY = 86_400
+
+
+def base_s() -> int:
+    """A whole minute about a day ago: old enough to be late, never in the future."""
+    return (int(time.time()) - DAY) // 60 * 60
+
+
+async def make_devices(engine: AsyncEngine, n: int = 1) -> list[str]:
+    tag = uuid.uuid4().hex[:8]
+    uids = [f"imp-{tag}-{i}" for i in range(n)]
+    async with engine.begin() as conn:
+        tenant_id = await create_tenant(conn, f"import-{tag}")
+        for uid in uids:
+            await create_device(conn, tenant_id, uid)
+    return uids
+
+
+def pipeline_for(engine: AsyncEngine, db_url: str) -> Pipeline:
+    return import_pipeline(engine, Settings(database_url=db_url, auto_register=False))
+
+
+async def stored(engine: AsyncEngine, uid: str) -> dict[tuple[str, int], float | str | None]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(metrics.c.name, readings.c.ts, readings.c.value, readings.c.text)
+            .join(metrics, metrics.c.id == readings.c.metric_id)
+            .join(devices, devices.c.id == readings.c.device_id)
+            .where(devices.c.uid == uid)
+        )
+        return {(name, ts): text if value is None else value for name, ts, value, text in rows}
+
+
+async def letters(engine: AsyncEngine, name: str) -> list[tuple[str, str, str | None]]:
+    """(topic, reason, device) of the dead letters of one imported file, by line."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(dead_letters.c.topic, dead_letters.c.reason, dead_letters.c.device_uid).where(
+                dead_letters.c.source == "import", dead_letters.c.topic.like(f"import:{name}:%")
+            )
+        )
+        found = [(topic, reason, uid) for topic, reason, uid in rows]
+    return sorted(found, key=lambda r: int(r[0].rsplit(":", 1)[1]))
+
+
+async def import_twice(
+    engine: AsyncEngine, db_url: str, path: Path, **options: Any
+) -> tuple[ImportSummary, ImportSummary]:
+    first = await import_file(pipeline_for(engine, db_url), path, **options)
+    # A fresh pipeline, as a second `telemetra import` would have.
+    again = await import_file(pipeline_for(engine, db_url), path, **options)
+    return first, again
+
+
+async def test_jsonl_import_counts_rejections_by_line_and_is_idempotent(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    d1, d2 = await make_devices(engine, 2)
+    t0 = base_s()
+    lines = [
+        json.dumps({"device": d1, "ts": t0 * 1000, "temperature": 21.5, "humidity": "40"}),
+        "{not json at all",  # names no device: the default device's dead letter
+        f'{{"device": "{d1}", "ts": {t0 + 60}, "temperature": }}',  # broken, but names d1
+        json.dumps({"device": d1, "ts": t0 + 120, "temperature": 999}),  # out of range
+        "",  # blank lines are skipped
+        json.dumps([{"ts": t0 + 180, "temperature": 22}, {"ts": t0 + 240, "status": "ok"}]),
+        json.dumps(
+            {
+                "schema": 1,
+                "event_id": f"e-{d2}",
+                "device_id": d2,
+                "event_type": "temperature",
+                "value": 19.5,
+                "unit": "C",
+                "ts_device": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
+            }
+        ),  # the event form: device_id names the device
+        json.dumps({"device": "nobody-" + d1, "ts": t0, "x": 1}),  # unknown device
+        json.dumps({"device": d1, "ts": t0 + 300, "x": 1, "y": None}),
+    ]
+    path = tmp_path / "readings.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    seen: list[tuple[int, int]] = []
+
+    first = await import_file(
+        pipeline_for(engine, db_url),
+        path,
+        device=d1,  # the default for lines naming none: line 6 (the array)
+        batch_size=3,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert first.rows == 8 and first.messages == 8
+    assert first.accepted == 6  # 2 + 2 (array) + 1 (event) + 1
+    assert first.rejected_by_reason == {
+        "invalid_json": 2,
+        "out_of_range": 1,
+        "unknown_device": 1,
+    }
+    assert [(r.line, r.reason) for r in first.rejections] == [
+        (2, "invalid_json"),
+        (3, "invalid_json"),
+        (4, "out_of_range"),
+        (8, "unknown_device"),
+    ]
+    assert seen[-1] == (path.stat().st_size, path.stat().st_size)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+    us = US_PER_S
+    assert await stored(engine, d1) == {
+        ("temperature", t0 * us): 21.5,
+        ("humidity", t0 * us): 40.0,
+        ("temperature", (t0 + 180) * us): 22.0,
+        ("status", (t0 + 240) * us): "ok",
+        ("x", (t0 + 300) * us): 1.0,
+    }
+    assert await stored(engine, d2) == {("temperature", t0 * us): 19.5}
+    assert await letters(engine, path.name) == [
+        ("import:readings.jsonl:2", "invalid_json", d1),  # the default device's
+        ("import:readings.jsonl:3", "invalid_json", d1),
+        ("import:readings.jsonl:4", "out_of_range", d1),
+        ("import:readings.jsonl:8", "unknown_device", f"nobody-{d1}"),
+    ]
+
+    again = await import_file(pipeline_for(engine, db_url), path, device=d1)
+    assert again.accepted == first.accepted and again.stored == 0
+    assert again.duplicates == first.accepted
+    assert len(await stored(engine, d1)) == 5
+
+    # Without --device, lines naming no device are still rejected one by one, never fatal.
+    orphans = tmp_path / "orphans.ndjson"
+    orphans.write_bytes(
+        b'{"ts": 1, "x": 1}\n{broken\n\xff\xfe\n'
+        + json.dumps({"device": d2, "ts": t0 + 60, "x": 2}).encode()
+        + b"\n"
+    )
+    summary = await import_file(pipeline_for(engine, db_url), orphans)
+    assert (summary.rows, summary.accepted) == (4, 1)
+    assert [(r.line, r.reason) for r in summary.rejections] == [
+        (1, "unknown_device"),
+        (2, "invalid_json"),
+        (3, "invalid_utf8"),
+    ]
+    assert await letters(engine, orphans.name) == [
+        ("import:orphans.ndjson:1", "unknown_device", None),
+        ("import:orphans.ndjson:2", "invalid_json", None),
+        ("import:orphans.ndjson:3", "invalid_utf8", None),
+    ]
+
+
+async def test_csv_long_and_wide_forms(engine: AsyncEngine, db_url: str, tmp_path: Path) -> None:
+    d1, d2 = await make_devices(engine, 2)
+    t0 = base_s()
+    long_csv = tmp_path / "long.csv"
+    long_csv.write_text(
+        "device,ts,metric,value,unit,event_id\n"
+        f"{d1},{t0},temperature,21.5,C,\n"
+        f"{d1},{t0},humidity,40,,\n"  # grouped with the row above into one message
+        f"{d1},{t0 + 60},temperature,70.7,F,\n"  # converted to °C
+        f"{d1},{t0 + 60},humidity,,,\n"  # empty value: no_values
+        f"{d2},{t0 + 60},pressure,abc,,ev-1\n"  # text value
+        f"{d2},{t0 + 120},humidity,150,,\n"  # out of range
+        f"{d2},not-a-time,humidity,1,,\n"
+        f"{d2},{t0 + 180},humidity,1,,,extra\n"  # more cells than the header
+        f"{d2},{t0 + 240},rssi,-70,,\n"
+    )
+    first, again = await import_twice(engine, db_url, long_csv, batch_size=2)
+    assert first.rows == 9
+    assert first.messages == 7  # rows 2+3 and 4+5 share device and time
+    assert first.accepted == 5
+    assert first.rejected_by_reason == {
+        "no_values": 1,
+        "out_of_range": 1,
+        "bad_timestamp": 1,
+        "bad_shape": 1,
+    }
+    assert [(r.line, r.reason) for r in first.rejections] == [
+        (5, "no_values"),
+        (7, "out_of_range"),
+        (8, "bad_timestamp"),
+        (9, "bad_shape"),
+    ]
+    us = US_PER_S
+    d1_rows = await stored(engine, d1)
+    assert d1_rows.keys() == {
+        ("temperature", t0 * us),
+        ("humidity", t0 * us),
+        ("temperature", (t0 + 60) * us),
+    }
+    assert d1_rows[("temperature", (t0 + 60) * us)] == pytest.approx(21.5)
+    assert await stored(engine, d2) == {
+        ("pressure", (t0 + 60) * us): "abc",
+        ("rssi", (t0 + 240) * us): -70.0,
+    }
+    assert again.stored == 0 and again.accepted == first.accepted
+    assert len(await letters(engine, long_csv.name)) == 8  # each import keeps its 4
+
+    # Wide form without a device column: --device names it; empty cells are skipped.
+    (d3,) = await make_devices(engine)
+    wide = tmp_path / "wide.csv"
+    wide.write_text(
+        "\ufeffts, temperature ,humidity,status\n"  # a BOM and padded names are fine
+        + "".join(f"{t0 + 60 * i},{20 + i},{40 + i if i % 2 else ''},ok\n" for i in range(4))
+        + f"{t0 + 300},,,\n"  # nothing at all: no_values
+    )
+    first, again = await import_twice(engine, db_url, wide, device=d3)
+    assert (first.rows, first.messages, first.accepted) == (5, 5, 10)
+    assert first.rejected_by_reason == {"no_values": 1}
+    rows = await stored(engine, d3)
+    assert len(rows) == 10
+    assert rows[("humidity", (t0 + 60) * us)] == 41.0
+    assert ("humidity", t0 * us) not in rows
+    assert again.stored == 0 and len(await stored(engine, d3)) == 10
+
+
+async def test_readings_keep_their_time_and_flags(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    """Dense old data is imported as recorded: late, never "clock corrected" to now."""
+    (d1,) = await make_devices(engine)
+    t0 = base_s()
+    path = tmp_path / "dense.csv"
+    path.write_text("ts,v\n" + "".join(f"{t0 + i},{i}\n" for i in range(300)))
+    pipeline = pipeline_for(engine, db_url)
+    summary = await import_file(pipeline, path, device=d1, batch_size=7)
+    assert summary.stored == 300
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(readings.c.ts, readings.c.flags)
+                .join(devices, devices.c.id == readings.c.device_id)
+                .where(devices.c.uid == d1)
+            )
+        ).all()
+    assert sorted(ts for ts, _ in rows) == [(t0 + i) * US_PER_S for i in range(300)]
+    assert {flags for _, flags in rows} == {int(Flag.LATE)}
+
+
+async def test_whole_file_problems_raise_before_importing(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    pipeline = pipeline_for(engine, db_url)
+    path = tmp_path / "no-device.csv"
+    path.write_text(f"ts,temperature\n{base_s()},20\n")
+    with pytest.raises(ValueError, match="no 'device' column"):
+        await import_file(pipeline, path)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="header row is required"):
+        await import_file(pipeline, empty, device="x")
+    half = tmp_path / "half.csv"
+    half.write_text("device,ts,metric\n")
+    with pytest.raises(ValueError, match="'metric' and 'value'"):
+        await import_file(pipeline, half)
+    with pytest.raises(ValueError, match="unknown file suffix"):
+        detect_format(tmp_path / "data.xlsx")
+    assert detect_format(tmp_path / "data.txt", "NDJSON") == "jsonl"
+    assert detect_format(tmp_path / "DATA.CSV") == "csv"
+    try:
+        import pyarrow  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        parquet = tmp_path / "data.parquet"
+        parquet.write_bytes(b"PAR1")
+        with pytest.raises(ValueError, match="pip install pyarrow"):
+            await import_file(pipeline, parquet, device="x")
+
+
+def test_cli_import(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEMETRA_DATABASE_URL", db_url)
+    monkeypatch.delenv("TELEMETRA_AUTO_REGISTER", raising=False)
+    tag = uuid.uuid4().hex[:8]
+    runner = CliRunner()
+    uid = f"imp-cli-{tag}"
+    made = runner.invoke(app, ["device", "create", uid])
+    assert made.exit_code == 0, made.output
+    t0 = base_s()
+    path = tmp_path / "cli.csv"
+    path.write_text(
+        "device,ts,metric,value\n"
+        + "".join(f"{uid},{t0 + 60 * i},temperature,{20 + i / 10}\n" for i in range(50))
+        + f"{uid},{t0},temperature,oops-not-{tag}\n"  # a different value: conflict
+        + f"{uid},{t0 + 3000},temperature,500\n"
+    )
+
+    result = runner.invoke(app, ["import", str(path), "--batch-size", "7"])
+    assert result.exit_code == 0, result.output
+    assert "readings accepted" in result.output
+    assert "out_of_range" in result.output and "conflict" in result.output
+    assert "line 53: out_of_range" in result.output
+
+    result = runner.invoke(app, ["import", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "already stored" in result.output
+
+    missing = runner.invoke(app, ["import", str(tmp_path / "missing.csv")])
+    assert missing.exit_code == 1 and "no such file" in missing.output
+    odd = tmp_path / "data.xml"
+    odd.write_text("<x/>")
+    unknown = runner.invoke(app, ["import", str(odd)])
+    assert unknown.exit_code == 1 and "unknown file suffix" in unknown.output
+    bad_format = runner.invoke(app, ["import", str(path), "--format", "xls"])
+    assert bad_format.exit_code == 1 and "unknown format 'xls'" in bad_format.output
+    nobody = tmp_path / "nobody.jsonl"
+    nobody.write_text(json.dumps({"device": f"nobody-{tag}", "ts": t0, "x": 1}) + "\n")
+    rejected = runner.invoke(app, ["import", str(nobody)])
+    assert rejected.exit_code == 1 and "no readings accepted" in rejected.output
+
+
+async def test_untimed_rows_keep_their_first_import_time(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    [uid] = await make_devices(engine)
+    path = tmp_path / "untimed.jsonl"
+    path.write_text(
+        json.dumps({"device": uid, "level": 3}) + "\n"
+        + json.dumps({"device": uid, "event_id": "e-1", "level": 4}) + "\n"
+    )  # fmt: skip
+    first, again = await import_twice(engine, db_url, path)
+    assert first.stored == 2 and again.stored == 0 and again.accepted == 2
+    assert len(await stored(engine, uid)) == 2
