@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -80,6 +79,11 @@ def end(proc: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -180,7 +184,9 @@ def wait_until(check: Any, want: int, timeout: float, every: float = 0.2) -> flo
     raise TimeoutError(f"only {check()} of {want} after {timeout:.0f} s")
 
 
-def preload(port: int, messages: int, devices: int, metrics: int, publishers: int, tag: str) -> None:
+def preload(
+    port: int, messages: int, devices: int, metrics: int, publishers: int, tag: str
+) -> None:
     report = sim.run(
         f"mqtt://127.0.0.1:{port}",
         devices=devices,
@@ -203,10 +209,11 @@ def drain(db: Database, port: int, args: argparse.Namespace, log: Path) -> dict[
     preload(port, args.messages, args.devices, args.metrics, args.publishers, "drain")
     worker = start_ingest(db, port, log, client_id)
     started = time.monotonic()
+    cpu_before = cpu_seconds(worker.pid)
     spy = None
     if args.profile:  # py-spy (pip install py-spy) samples the worker while it drains
         spy = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(worker.pid), "--format", "raw", "--rate", "200",
+            ["py-spy", "record", "--pid", str(worker.pid), "--format", "raw", "--rate", "200", "--gil",
              "-o", args.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
     done = wait_until(db.messages_stored, args.messages, timeout=600)
@@ -214,6 +221,7 @@ def drain(db: Database, port: int, args: argparse.Namespace, log: Path) -> dict[
         spy.send_signal(signal.SIGINT)
         spy.wait(30)
     rss = peak_rss_mb(worker.pid)
+    cpu = cpu_seconds(worker.pid) - cpu_before
     readings = db.readings_stored()
     seconds = done - started
     return {
@@ -222,6 +230,7 @@ def drain(db: Database, port: int, args: argparse.Namespace, log: Path) -> dict[
         "readings": readings,
         "seconds": seconds,
         "peak_rss_mb": rss,
+        "ingest_cpu_pct": 100 * cpu / (done - started),
         "_worker": worker,  # type: ignore[dict-item]
     }
 
@@ -232,7 +241,9 @@ class AckWatch:
     def __init__(self, port: int) -> None:
         self.sent: dict[str, float] = {}
         self.acked: dict[str, float] = {}
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4().hex[:6]}")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4().hex[:6]}"
+        )
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.subscribe([("devices/+/acks", 0), ("devices/+/telemetry", 0)])
@@ -248,9 +259,7 @@ class AckWatch:
             self.sent[body["event_id"]] = body["ts"] / 1000
 
     def latencies_ms(self) -> list[float]:
-        return sorted(
-            (self.acked[e] - t) * 1000 for e, t in self.sent.items() if e in self.acked
-        )
+        return sorted((self.acked[e] - t) * 1000 for e, t in self.sent.items() if e in self.acked)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -298,7 +307,10 @@ def baseline(db: Database, port: int, args: argparse.Namespace) -> dict[str, flo
     started = time.monotonic()
     try:
         done = wait_until(
-            lambda: db.count("SELECT count(*) FROM naive_messages"), messages, timeout=900, every=0.5
+            lambda: db.count("SELECT count(*) FROM naive_messages"),
+            messages,
+            timeout=900,
+            every=0.5,
         )
     finally:
         end(proc)
@@ -322,7 +334,9 @@ def bench(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             result: dict[str, Any] = {"drain": drain(db, port, args, log)}
             worker = result["drain"].pop("_worker")
             rate = args.rate or result["drain"]["messages_per_s"] / 2
-            print(f"[{kind}] latency at {rate:.0f} msg/s for {args.latency_seconds} s …", flush=True)
+            print(
+                f"[{kind}] latency at {rate:.0f} msg/s for {args.latency_seconds} s …", flush=True
+            )
             result["latency"] = latency(port, rate, args)
             result["drain"]["peak_rss_mb"] = peak_rss_mb(worker.pid)
             end(worker)
@@ -339,13 +353,17 @@ def bench(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--db", choices=["postgresql", "sqlite", "both"], default="both")
     parser.add_argument("--messages", type=int, default=100_000, help="backlog size to drain")
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--metrics", type=int, default=10, help="readings per message")
     parser.add_argument("--publishers", type=int, default=2, help="simulator processes")
-    parser.add_argument("--rate", type=float, default=0, help="latency phase msg/s (default: half the drain rate)")
+    parser.add_argument(
+        "--rate", type=float, default=0, help="latency phase msg/s (default: half the drain rate)"
+    )
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--profile", help="write py-spy collapsed stacks of the drain here")
@@ -353,8 +371,10 @@ def main() -> None:
     kinds = ["postgresql", "sqlite"] if args.db == "both" else [args.db]
     results = {kind: bench(kind, args) for kind in kinds}
     print()
-    print(f"{'database':<11} {'readings/s':>11} {'msgs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'@ msg/s':>8} {'RSS MB':>7} {'naive r/s':>10} {'ratio':>6}")
+    print(
+        f"{'database':<11} {'readings/s':>11} {'msgs/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'@ msg/s':>8} {'RSS MB':>7} {'naive r/s':>10} {'ratio':>6}"
+    )
     for kind, r in results.items():
         d, lat, base = r["drain"], r["latency"], r.get("baseline")
         naive = base["readings_per_s"] if base else float("nan")

@@ -69,7 +69,8 @@ def main() -> None:
 
         async def insert(rows: list[tuple[str, str, int, float]]) -> None:
             values = ", ".join(
-                f"(${4 * i + 1}, ${4 * i + 2}, ${4 * i + 3}, ${4 * i + 4})" for i in range(len(rows))
+                f"(${4 * i + 1}, ${4 * i + 2}, ${4 * i + 3}, ${4 * i + 4})"
+                for i in range(len(rows))
             )
             async with pg.transaction():
                 await pg.execute(

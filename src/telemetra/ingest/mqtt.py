@@ -179,15 +179,20 @@ class MqttIngest:
 
     async def _report(self, inbox: Inbox, stop: asyncio.Event, every_s: float = 10.0) -> None:
         stats = self.pipeline.stats
-        before = (stats["messages"], stats["readings"], time.monotonic())
+        timings = self.pipeline.timings
+        before = (stats["messages"], stats["readings"], time.monotonic(), timings.copy())
         while not stop.is_set():
             await asyncio.sleep(every_s)
-            now = (stats["messages"], stats["readings"], time.monotonic())
+            now = (stats["messages"], stats["readings"], time.monotonic(), timings.copy())
             span = now[2] - before[2]
+            batches = max(1, now[3]["batches"] - before[3]["batches"])
             log.info(
                 "ingest progress",
                 messages_per_s=round((now[0] - before[0]) / span),
                 readings_per_s=round((now[1] - before[1]) / span),
                 queue=len(inbox), rejections=stats["rejections"],
+                batch_prepare_ms=round(1000 * (now[3]["prepare_s"] - before[3]["prepare_s"]) / batches),
+                batch_commit_ms=round(1000 * (now[3]["commit_s"] - before[3]["commit_s"]) / batches),
+                batch_messages=round((now[0] - before[0]) / batches),
             )  # fmt: skip
             before = now

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import hashlib
 import threading
-from collections import Counter, OrderedDict, deque
+import time
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -157,6 +158,19 @@ class _Work:
         return self.outcome.message
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A batch ready to commit: rows keyed by (device, metric, time) and counts to add."""
+
+    works: list[_Work]
+    rows: dict[tuple[int, int, int], tuple[Any, ...]] = field(default_factory=dict)
+    owner: dict[tuple[int, int, int], tuple[int, Reading]] = field(default_factory=dict)
+    quality: Counter[tuple[int, int, str]] = field(default_factory=Counter)
+    accepted: Counter[int] = field(default_factory=Counter)  # by position in ``works``
+    extra: list[tuple[int, Rejection]] = field(default_factory=list)
+    seen: dict[int, tuple[int, int | None]] = field(default_factory=dict)
+
+
 class Pipeline:
     """Decode, clean and store batches of messages; the single writer path for readings."""
 
@@ -186,6 +200,7 @@ class Pipeline:
         # committed, so a redelivery inside that window maps to the same key too.
         self._recent_times: OrderedDict[tuple[int, str], int] = OrderedDict()
         self.stats: Counter[str] = Counter()
+        self.timings: defaultdict[str, float] = defaultdict(float)  # seconds per phase
         self.stopping = asyncio.Event()  # set: give up waiting for the database
 
     # -- one batch ------------------------------------------------------------------------
@@ -197,7 +212,7 @@ class Pipeline:
         """
         return await self.commit(await self.prepare(messages))
 
-    async def prepare(self, messages: Sequence[Message]) -> list[_Work]:
+    async def prepare(self, messages: Sequence[Message]) -> Prepared:
         """Route, decode and clean a batch (reads the database, writes only new names).
 
         Cleaning, which moves each device's state forward, comes last: when a lookup fails
@@ -216,7 +231,7 @@ class Pipeline:
         for work in works:
             if work.device is not None:
                 self._clean(work)
-        return works
+        return self._assemble(works)
 
     def _route(self, message: Message) -> _Work:
         outcome = Outcome(message)
@@ -381,68 +396,71 @@ class Pipeline:
         self.stats.update(counts)
         work.counts = counts
 
-    async def commit(self, works: list[_Work]) -> list[Outcome]:
-        """Write a prepared batch in one transaction: readings, rollups, quality, dead letters.
-
-        Outcomes change only after the commit, so a failed attempt can simply be retried.
-        """
+    def _assemble(self, works: list[_Work]) -> Prepared:
+        """The rows to write and the counts to add, keyed and deduplicated (pure CPU work)."""
         ids = self.metric_ids.ids
-        rows: dict[tuple[int, int, int], tuple[Any, ...]] = {}
-        owner: dict[tuple[int, int, int], tuple[_Work, Reading]] = {}
-        quality: Counter[tuple[int, int, str]] = Counter()
-        accepted: Counter[int] = Counter()  # by position of the work in ``works``
-        extra: list[tuple[int, Rejection]] = []
-        seen: dict[int, tuple[int, int | None]] = {}
+        batch = Prepared(works)
+        rows, owner, quality = batch.rows, batch.owner, batch.quality
         for position, work in enumerate(works):
             device = work.device
             if device is None:
                 continue
             state = self.states[device.id]
-            seen[device.id] = (
-                max(seen.get(device.id, (0, None))[0], work.message.received_at),
+            batch.seen[device.id] = (
+                max(batch.seen.get(device.id, (0, None))[0], work.message.received_at),
                 state.offset_us if state.offset_stable else None,
             )
             q = (device.tenant_id, device.id)
             quality[(*q, "messages")] += 1
             for name, n in work.counts.items():
                 quality[(*q, name)] += n
+            received_at = work.message.received_at
             for reading in work.readings:
                 key = (device.id, ids[reading.metric], reading.ts)
                 earlier = rows.get(key)
                 if earlier is None:
                     rows[key] = (
                         device.tenant_id, device.id, key[1], reading.ts, reading.value,
-                        reading.text, work.message.received_at, int(reading.flags),
-                        reading.ts_device,
+                        reading.text, received_at, int(reading.flags), reading.ts_device,
                     )  # fmt: skip
-                    owner[key] = (work, reading)
+                    owner[key] = (position, reading)
                 elif earlier[4] == reading.value and earlier[5] == reading.text:
                     # Same key twice in one batch: first wins, as in the database.
                     quality[(*q, "duplicate")] += 1
-                    accepted[position] += 1
+                    batch.accepted[position] += 1
                 else:
-                    extra.append((position, _conflict(reading, _conflict_detail(earlier))))
-        position_of = {id(w): i for i, w in enumerate(works)}
+                    batch.extra.append((position, _conflict(reading, _conflict_detail(earlier))))
+        return batch
 
+    async def commit(self, batch: Prepared) -> list[Outcome]:
+        """Write a prepared batch in one transaction: readings, rollups, quality, dead letters.
+
+        Neither the batch nor its outcomes change before the commit succeeds, so a failed
+        attempt can simply be retried.
+        """
+        works, rows, owner = batch.works, batch.rows, batch.owner
+        quality = batch.quality.copy()
+        accepted = batch.accepted.copy()
+        seen = batch.seen
         async with self.engine.begin() as conn:
             result = await write_readings(conn, list(rows.values()))
             stored_again = {(e.device_id, e.metric_id, e.ts): e.same for e in result.existing}
             db_conflicts = []
             for key, row in rows.items():
-                work, reading = owner[key]
+                position, reading = owner[key]
                 same = stored_again.get(key)
                 if same is None:
                     quality[(row[0], row[1], "accepted")] += 1
                 elif same:
                     quality[(row[0], row[1], "duplicate")] += 1
                 else:
-                    db_conflicts.append((position_of[id(work)], _conflict(reading, None)))
+                    db_conflicts.append((position, _conflict(reading, None)))
                     continue
-                accepted[position_of[id(work)]] += 1
+                accepted[position] += 1
             rejected: dict[int, list[Rejection]] = {
                 i: list(w.outcome.rejected) for i, w in enumerate(works)
             }
-            for position, rejection in extra + db_conflicts:
+            for position, rejection in batch.extra + db_conflicts:
                 rejected[position].append(rejection)
             letters = []
             cap = self.settings.deadletter_payload_bytes
@@ -484,7 +502,7 @@ class Pipeline:
         outcomes = [w.outcome for w in works]
         if self.listeners:
             committed = [
-                Committed(row[0], owner[key][0].outcome.device or "", owner[key][1])
+                Committed(row[0], works[owner[key][0]].outcome.device or "", owner[key][1])
                 for key, row in rows.items()
                 if key not in stored_again
             ]
@@ -521,26 +539,34 @@ class Pipeline:
         """``process`` that waits out database outages (retry with backoff)."""
         return await self.commit_until_stored(await self.prepare_until_ready(messages))
 
-    async def prepare_until_ready(self, messages: Sequence[Message]) -> list[_Work]:
+    async def prepare_until_ready(self, messages: Sequence[Message]) -> Prepared:
         """``prepare``, retried while the database is unavailable."""
-        return await self._retrying(lambda: self.prepare(messages), len(messages))
+        started = time.perf_counter()
+        works = await self._retrying(lambda: self.prepare(messages), len(messages))
+        self.timings["prepare_s"] += time.perf_counter() - started
+        return works
 
-    async def commit_until_stored(self, works: list[_Work]) -> list[Outcome]:
+    async def commit_until_stored(self, batch: Prepared) -> list[Outcome]:
         """``commit``, retried while the database is unavailable.
 
         A batch the database refuses for its content (not its availability) is split, so one
         poisonous message is dead-lettered instead of blocking everything behind it.
         """
+        started = time.perf_counter()
         try:
-            return await self._retrying(lambda: self.commit(works), len(works))
+            outcomes = await self._retrying(lambda: self.commit(batch), len(batch.works))
+            self.timings["commit_s"] += time.perf_counter() - started
+            self.timings["batches"] += 1
+            return outcomes
         except Abandoned:
             raise
         except Exception as error:
+            works = batch.works
             if len(works) > 1:
                 middle = len(works) // 2
                 return [
-                    *await self.commit_until_stored(works[:middle]),
-                    *await self.commit_until_stored(works[middle:]),
+                    *await self.commit_until_stored(self._assemble(works[:middle])),
+                    *await self.commit_until_stored(self._assemble(works[middle:])),
                 ]
             work = works[0]
             log.error("message refused by the database", topic=work.message.topic, error=str(error))
@@ -548,7 +574,8 @@ class Pipeline:
             work.outcome.rejected.append(
                 Rejection(Reason.BAD_VALUE, f"refused by the database: {str(error)[:300]}")
             )
-            return await self._retrying(lambda: self.commit(works), 1)
+            alone = self._assemble(works)
+            return await self._retrying(lambda: self.commit(alone), 1)
 
     async def run(
         self,
@@ -564,11 +591,11 @@ class Pipeline:
         """
         self.stopping = stop
         max_wait = self.settings.batch_max_wait_ms / 1000
-        prepared: asyncio.Queue[list[_Work] | None] = asyncio.Queue(maxsize=1)
+        prepared: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=1)
 
         async def writer() -> None:
-            while (works := await prepared.get()) is not None:
-                done(await self.commit_until_stored(works))
+            while (batch := await prepared.get()) is not None:
+                done(await self.commit_until_stored(batch))
 
         writing = asyncio.create_task(writer())
         try:

@@ -65,16 +65,21 @@ _SAME = "(s.value IS NOT DISTINCT FROM r.value AND s.text IS NOT DISTINCT FROM r
 _SAME_SQLITE = "(s.value IS r.value AND s.text IS r.text)"
 
 
-def _rollup_sql(table: str, width_us: int, src: str) -> str:
-    """Upsert the rollup rows of the new readings in ``src`` into ``table``."""
-    bucket = f"ts - ts % {width_us}"
-    keep_if_smaller = "CASE WHEN excluded.{c} < {t}.{c} THEN excluded.{v} ELSE {t}.{v} END"
-    keep_if_larger = "CASE WHEN excluded.{c} > {t}.{c} THEN excluded.{v} ELSE {t}.{v} END"
+_ROLLUP_COLUMNS = (
+    "tenant_id, device_id, metric_id, bucket, count, sum, min, max, "
+    "first_ts, first_value, last_ts, last_value"
+)
+_HOUR_US = 3_600_000_000
+_MINUTE_US = 60_000_000
+
+
+def _minutes_sql(src: str) -> str:
+    """Per-minute aggregates (rollup columns) of the new readings in ``src``."""
+    bucket = f"ts - ts % {_MINUTE_US}"
     return f"""
-INSERT INTO {table} (tenant_id, device_id, metric_id, bucket, count, sum, min, max,
-                     first_ts, first_value, last_ts, last_value)
-SELECT tenant_id, device_id, metric_id, bucket, count(*), sum(value), min(value), max(value),
-       min(ts), max(first_v), max(ts), max(last_v)
+SELECT tenant_id, device_id, metric_id, bucket, count(*) AS count, sum(value) AS sum,
+       min(value) AS min, max(value) AS max, min(ts) AS first_ts, max(first_v) AS first_value,
+       max(ts) AS last_ts, max(last_v) AS last_value
 FROM (
     SELECT tenant_id, device_id, metric_id, ts, value, {bucket} AS bucket,
            first_value(value) OVER w AS first_v,
@@ -85,16 +90,44 @@ FROM (
     WINDOW w AS (PARTITION BY device_id, metric_id, {bucket} ORDER BY ts)
 ) AS b
 WHERE true
-GROUP BY tenant_id, device_id, metric_id, bucket
+GROUP BY tenant_id, device_id, metric_id, bucket"""
+
+
+def _hours_sql(minutes: str) -> str:
+    """Per-hour aggregates from per-minute ones: far fewer rows than the raw readings."""
+    hour = f"bucket - bucket % {_HOUR_US}"
+    return f"""
+SELECT tenant_id, device_id, metric_id, hour, sum(count), sum(sum), min(min), max(max),
+       min(first_ts), max(first_v), max(last_ts), max(last_v)
+FROM (
+    SELECT tenant_id, device_id, metric_id, {hour} AS hour, count, sum, min, max,
+           first_ts, last_ts,
+           first_value(first_value) OVER w AS first_v,
+           last_value(last_value) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING
+                                          AND UNBOUNDED FOLLOWING) AS last_v
+    FROM {minutes}
+    WINDOW w AS (PARTITION BY device_id, metric_id, {hour} ORDER BY first_ts)
+) AS h
+WHERE true
+GROUP BY tenant_id, device_id, metric_id, hour"""
+
+
+def _upsert_rollup_sql(table: str, select: str) -> str:
+    """Merge the aggregates of ``select`` into a rollup table (sums add, extremes compare)."""
+    smaller = "CASE WHEN excluded.{c} < {t}.{c} THEN excluded.{v} ELSE {t}.{v} END"
+    larger = "CASE WHEN excluded.{c} > {t}.{c} THEN excluded.{v} ELSE {t}.{v} END"
+    return f"""
+INSERT INTO {table} ({_ROLLUP_COLUMNS})
+{select}
 ON CONFLICT (device_id, metric_id, bucket) DO UPDATE SET
     count = {table}.count + excluded.count,
     sum = {table}.sum + excluded.sum,
-    min = {keep_if_smaller.format(c="min", v="min", t=table)},
-    max = {keep_if_larger.format(c="max", v="max", t=table)},
-    first_ts = {keep_if_smaller.format(c="first_ts", v="first_ts", t=table)},
-    first_value = {keep_if_smaller.format(c="first_ts", v="first_value", t=table)},
-    last_ts = {keep_if_larger.format(c="last_ts", v="last_ts", t=table)},
-    last_value = {keep_if_larger.format(c="last_ts", v="last_value", t=table)}"""
+    min = {smaller.format(c="min", v="min", t=table)},
+    max = {larger.format(c="max", v="max", t=table)},
+    first_ts = {smaller.format(c="first_ts", v="first_ts", t=table)},
+    first_value = {smaller.format(c="first_ts", v="first_value", t=table)},
+    last_ts = {larger.format(c="last_ts", v="last_ts", t=table)},
+    last_value = {larger.format(c="last_ts", v="last_value", t=table)}"""
 
 
 def _latest_sql(src: str) -> str:
@@ -114,11 +147,13 @@ _PG_WRITE = f"""
 WITH ins AS (
     INSERT INTO readings ({", ".join(COLUMNS)})
     SELECT {", ".join(COLUMNS)} FROM staging_readings
+    ORDER BY device_id, metric_id, ts  -- index order: fewer pages touched
     ON CONFLICT DO NOTHING
     RETURNING tenant_id, device_id, metric_id, ts, value, text, received_at, flags
 ),
-r1m AS ({_rollup_sql("rollup_1m", 60_000_000, "ins")}),
-r1h AS ({_rollup_sql("rollup_1h", 3_600_000_000, "ins")}),
+m AS ({_minutes_sql("ins")}),
+r1m AS ({_upsert_rollup_sql("rollup_1m", "SELECT * FROM m WHERE true")}),
+r1h AS ({_upsert_rollup_sql("rollup_1h", _hours_sql("m"))}),
 lt AS ({_latest_sql("ins")})
 SELECT NULL::bigint, NULL::bigint, NULL::bigint, NULL::boolean, (SELECT count(*) FROM ins)
 UNION ALL
@@ -127,7 +162,8 @@ UNION ALL
 SELECT s.device_id, s.metric_id, s.ts,
        (SELECT {_SAME} FROM readings r WHERE {_KEY_JOIN}), NULL
 FROM staging_readings s
-WHERE NOT EXISTS (SELECT 1 FROM ins
+WHERE (SELECT count(*) FROM ins) < (SELECT count(*) FROM staging_readings)  -- else skipped
+  AND NOT EXISTS (SELECT 1 FROM ins
                   WHERE ins.device_id = s.device_id AND ins.metric_id = s.metric_id
                     AND ins.ts = s.ts)"""
 
@@ -175,10 +211,11 @@ async def _write_sqlite(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) 
     cols = ", ".join(COLUMNS)
     result = await run(
         f"INSERT INTO readings ({cols}) SELECT {cols} FROM staging_readings WHERE true "
-        "ON CONFLICT DO NOTHING"
+        "ORDER BY device_id, metric_id, ts ON CONFLICT DO NOTHING"
     )
-    for table, width in (("rollup_1m", 60_000_000), ("rollup_1h", 3_600_000_000)):
-        await run(_rollup_sql(table, width, "staging_readings"))
+    minutes = f"WITH m AS ({_minutes_sql('staging_readings')})"
+    await run(f"{minutes} {_upsert_rollup_sql('rollup_1m', 'SELECT * FROM m WHERE true')}")
+    await run(f"{minutes} {_upsert_rollup_sql('rollup_1h', _hours_sql('m'))}")
     await run(_latest_sql("staging_readings"))
     return WriteResult(result.rowcount, existing)
 
