@@ -7,7 +7,7 @@ integer arithmetic on SQLite and PostgreSQL alike, and cost nothing to copy into
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntFlag, StrEnum
+from enum import StrEnum
 from typing import Any
 
 US_PER_S = 1_000_000
@@ -15,8 +15,11 @@ US_PER_MS = 1_000
 _BAD_UID = frozenset("/+#:")
 
 
-class Flag(IntFlag):
-    """Quality flags stored with each reading: every cleaning decision is visible."""
+class Flag:
+    """Quality flags stored with each reading: every cleaning decision is visible.
+
+    Plain ints, not an ``IntFlag``: they are or-ed per reading on the hot path.
+    """
 
     LATE = 1  # arrived long after its event time
     OUT_OF_ORDER = 2  # older than a reading already seen for the same device and metric

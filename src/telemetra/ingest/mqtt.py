@@ -180,19 +180,19 @@ class MqttIngest:
     async def _report(self, inbox: Inbox, stop: asyncio.Event, every_s: float = 10.0) -> None:
         stats = self.pipeline.stats
         timings = self.pipeline.timings
-        before = (stats["messages"], stats["readings"], time.monotonic(), timings.copy())
+        before = {**stats, **timings, "clock": time.monotonic()}
         while not stop.is_set():
             await asyncio.sleep(every_s)
-            now = (stats["messages"], stats["readings"], time.monotonic(), timings.copy())
-            span = now[2] - before[2]
-            batches = max(1, now[3]["batches"] - before[3]["batches"])
+            now = {**stats, **timings, "clock": time.monotonic()}
+            delta = {k: now.get(k, 0) - before.get(k, 0) for k in now}
+            batches = max(1, delta["batches"]) if "batches" in delta else 1
             log.info(
                 "ingest progress",
-                messages_per_s=round((now[0] - before[0]) / span),
-                readings_per_s=round((now[1] - before[1]) / span),
+                messages_per_s=round(delta.get("messages", 0) / delta["clock"]),
+                readings_per_s=round(delta.get("readings", 0) / delta["clock"]),
                 queue=len(inbox), rejections=stats["rejections"],
-                batch_prepare_ms=round(1000 * (now[3]["prepare_s"] - before[3]["prepare_s"]) / batches),
-                batch_commit_ms=round(1000 * (now[3]["commit_s"] - before[3]["commit_s"]) / batches),
-                batch_messages=round((now[0] - before[0]) / batches),
+                batch_messages=round(delta.get("messages", 0) / batches),
+                batch_prepare_ms=round(1000 * delta.get("prepare_s", 0) / batches),
+                batch_commit_ms=round(1000 * delta.get("commit_s", 0) / batches),
             )  # fmt: skip
             before = now

@@ -53,6 +53,10 @@ log = structlog.get_logger("telemetra.pipeline")
 
 DEADLETTER_TOPIC = "telemetra/deadletter"
 T = TypeVar("T")
+# Preparing a batch is CPU work with no I/O; it pauses every so many messages so that the
+# commit running beside it is not kept waiting for the event loop.
+YIELD_EVERY = 100
+_UNSEEN = object()
 
 
 @dataclass(slots=True)
@@ -163,8 +167,10 @@ class Prepared:
     """A batch ready to commit: rows keyed by (device, metric, time) and counts to add."""
 
     works: list[_Work]
-    rows: dict[tuple[int, int, int], tuple[Any, ...]] = field(default_factory=dict)
-    owner: dict[tuple[int, int, int], tuple[int, Reading]] = field(default_factory=dict)
+    # (device, metric, time) -> (row to write, position in ``works``, reading)
+    entries: dict[tuple[int, int, int], tuple[tuple[Any, ...], int, Reading]] = field(
+        default_factory=dict
+    )
     quality: Counter[tuple[int, int, str]] = field(default_factory=Counter)
     accepted: Counter[int] = field(default_factory=Counter)  # by position in ``works``
     extra: list[tuple[int, Rejection]] = field(default_factory=list)
@@ -200,6 +206,7 @@ class Pipeline:
         # committed, so a redelivery inside that window maps to the same key too.
         self._recent_times: OrderedDict[tuple[int, str], int] = OrderedDict()
         self.stats: Counter[str] = Counter()
+        self._topics: dict[str, Any] = {}  # topic -> RouteMatch | None: topics repeat
         self.timings: defaultdict[str, float] = defaultdict(float)  # seconds per phase
         self.stopping = asyncio.Event()  # set: give up waiting for the database
 
@@ -220,17 +227,21 @@ class Pipeline:
         """
         works = [self._route(m) for m in messages]
         await self._resolve_devices(works)
-        for work in works:
+        for i, work in enumerate(works):
             if work.device is not None:
                 self._decode(work)
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # let the previous batch's commit move on
         await self._load_states({w.device.id: w.device for w in works if w.device is not None})
         await self._assign_event_times(works)
         await self.metric_ids.resolve(
             self.engine, {r.metric for w in works for e in w.entries for r in e.readings}
         )
-        for work in works:
+        for i, work in enumerate(works):
             if work.device is not None:
                 self._clean(work)
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
         return self._assemble(works)
 
     def _route(self, message: Message) -> _Work:
@@ -239,7 +250,11 @@ class Pipeline:
         if message.device is not None:
             outcome.device, work.fmt = message.device, message.fmt
             return work
-        found = match(self.routes, message.topic)
+        found = self._topics.get(message.topic, _UNSEEN)
+        if found is _UNSEEN:
+            if len(self._topics) > 200_000:
+                self._topics.clear()
+            found = self._topics[message.topic] = match(self.routes, message.topic)
         if found is None:
             outcome.rejected.append(
                 Rejection(Reason.UNKNOWN_ROUTE, f"no route matches topic {message.topic!r}")
@@ -400,7 +415,7 @@ class Pipeline:
         """The rows to write and the counts to add, keyed and deduplicated (pure CPU work)."""
         ids = self.metric_ids.ids
         batch = Prepared(works)
-        rows, owner, quality = batch.rows, batch.owner, batch.quality
+        entries, quality = batch.entries, batch.quality
         for position, work in enumerate(works):
             device = work.device
             if device is None:
@@ -414,22 +429,25 @@ class Pipeline:
             quality[(*q, "messages")] += 1
             for name, n in work.counts.items():
                 quality[(*q, name)] += n
-            received_at = work.message.received_at
+            received_at, tenant_id, device_id = work.message.received_at, *q
             for reading in work.readings:
-                key = (device.id, ids[reading.metric], reading.ts)
-                earlier = rows.get(key)
+                metric_id = ids[reading.metric]
+                key = (device_id, metric_id, reading.ts)
+                earlier = entries.get(key)
                 if earlier is None:
-                    rows[key] = (
-                        device.tenant_id, device.id, key[1], reading.ts, reading.value,
-                        reading.text, received_at, int(reading.flags), reading.ts_device,
+                    row = (
+                        tenant_id, device_id, metric_id, reading.ts, reading.value,
+                        reading.text, received_at, reading.flags, reading.ts_device,
                     )  # fmt: skip
-                    owner[key] = (position, reading)
-                elif earlier[4] == reading.value and earlier[5] == reading.text:
+                    entries[key] = (row, position, reading)
+                    batch.accepted[position] += 1  # unless the database already has it
+                    quality[(*q, "accepted")] += 1
+                elif earlier[0][4] == reading.value and earlier[0][5] == reading.text:
                     # Same key twice in one batch: first wins, as in the database.
                     quality[(*q, "duplicate")] += 1
                     batch.accepted[position] += 1
                 else:
-                    batch.extra.append((position, _conflict(reading, _conflict_detail(earlier))))
+                    batch.extra.append((position, _conflict(reading, _conflict_detail(earlier[0]))))
         return batch
 
     async def commit(self, batch: Prepared) -> list[Outcome]:
@@ -438,25 +456,21 @@ class Pipeline:
         Neither the batch nor its outcomes change before the commit succeeds, so a failed
         attempt can simply be retried.
         """
-        works, rows, owner = batch.works, batch.rows, batch.owner
+        works, entries = batch.works, batch.entries
         quality = batch.quality.copy()
         accepted = batch.accepted.copy()
         seen = batch.seen
         async with self.engine.begin() as conn:
-            result = await write_readings(conn, list(rows.values()))
-            stored_again = {(e.device_id, e.metric_id, e.ts): e.same for e in result.existing}
+            result = await write_readings(conn, [entry[0] for entry in entries.values()])
             db_conflicts = []
-            for key, row in rows.items():
-                position, reading = owner[key]
-                same = stored_again.get(key)
-                if same is None:
-                    quality[(row[0], row[1], "accepted")] += 1
-                elif same:
+            for old in result.existing:  # stored before: a duplicate or a conflict
+                row, position, reading = entries[old.device_id, old.metric_id, old.ts]
+                quality[(row[0], row[1], "accepted")] -= 1
+                if old.same:
                     quality[(row[0], row[1], "duplicate")] += 1
                 else:
+                    accepted[position] -= 1
                     db_conflicts.append((position, _conflict(reading, None)))
-                    continue
-                accepted[position] += 1
             rejected: dict[int, list[Rejection]] = {
                 i: list(w.outcome.rejected) for i, w in enumerate(works)
             }
@@ -501,10 +515,11 @@ class Pipeline:
         self.stats["rejections"] += len(letters)
         outcomes = [w.outcome for w in works]
         if self.listeners:
+            stored_before = {(e.device_id, e.metric_id, e.ts) for e in result.existing}
             committed = [
-                Committed(row[0], works[owner[key][0]].outcome.device or "", owner[key][1])
-                for key, row in rows.items()
-                if key not in stored_again
+                Committed(row[0], works[position].outcome.device or "", reading)
+                for key, (row, position, reading) in entries.items()
+                if key not in stored_before
             ]
             for listener in self.listeners:
                 try:
