@@ -8,6 +8,7 @@ those it redelivers after a crash, and idempotent writes make the redelivery har
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from dataclasses import dataclass
@@ -91,6 +92,95 @@ def make_client(
     return client, address
 
 
+class LoopNetwork:
+    """Drives a paho client from the asyncio loop: no network thread, no lock hand-offs.
+
+    paho's own thread would compete with the pipeline for the GIL on every packet; here
+    reads, writes and keep-alives are plain callbacks of the loop. Reading pauses while
+    the inbox is full (backpressure on the TCP connection) and resumes once it drains.
+    """
+
+    def __init__(self, client: mqtt.Client, loop: asyncio.AbstractEventLoop, inbox: Inbox) -> None:
+        self.client = client
+        self.loop = loop
+        self.inbox = inbox
+        self.sock: Any = None
+        self.reading = False
+        client.on_socket_open = self._opened
+        client.on_socket_close = self._closed
+        client.on_socket_register_write = self._want_write
+        client.on_socket_unregister_write = self._done_writing
+        inbox.on_drained = self._resume
+
+    def _opened(self, _c: Any, _u: Any, sock: Any) -> None:
+        self.sock = sock
+        self._resume()
+
+    def _closed(self, _c: Any, _u: Any, sock: Any) -> None:
+        self._pause()
+        self.loop.remove_writer(sock)
+        self.sock = None
+
+    def _want_write(self, _c: Any, _u: Any, sock: Any) -> None:
+        self.loop.add_writer(sock, self.client.loop_write)
+
+    def _done_writing(self, _c: Any, _u: Any, sock: Any) -> None:
+        self.loop.remove_writer(sock)
+
+    def _resume(self) -> None:
+        if self.sock is not None and not self.reading and not self.inbox.full():
+            self.loop.add_reader(self.sock, self._read)
+            self.reading = True
+
+    def _pause(self) -> None:
+        if self.sock is not None and self.reading:
+            self.loop.remove_reader(self.sock)
+        self.reading = False
+
+    def _read(self) -> None:
+        # paho reads one packet per call; go on while packets keep arriving, within bounds.
+        inbox = self.inbox
+        for _ in range(1000):
+            before = len(inbox)
+            if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS or len(inbox) == before:
+                break
+            if inbox.full():
+                self._pause()
+                break
+
+    async def keep_connected(self, address: BrokerAddress, props: Any, stop: asyncio.Event) -> None:
+        """Connect, keep alive, and reconnect with backoff until stopped."""
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                if self.sock is None:
+                    self.client.connect(
+                        address.host, address.port, keepalive=30, clean_start=False,
+                        properties=props,
+                    )  # fmt: skip
+                    delay = 1.0
+                while self.client.loop_misc() == mqtt.MQTT_ERR_SUCCESS and not stop.is_set():
+                    with contextlib.suppress(TimeoutError):  # keep-alive pings once a second
+                        await asyncio.wait_for(stop.wait(), 1.0)
+            except OSError as error:
+                log.warning(
+                    "cannot reach the broker; retrying",
+                    host=address.host, port=address.port, retry_in_s=delay, error=str(error),
+                )  # fmt: skip
+            if stop.is_set():
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    def close(self) -> None:
+        """Disconnect cleanly, flushing the acknowledgements already queued."""
+        if self.sock is not None:
+            self.client.disconnect()
+            with contextlib.suppress(OSError):
+                self.client.loop_write()
+        self._pause()
+
+
 class MqttIngest:
     """Subscribe to the pipeline's routes and feed it; ack each message after its commit."""
 
@@ -124,17 +214,17 @@ class MqttIngest:
                 host=address.host, port=address.port, session_present=flags.session_present,
                 subscriptions=filters,
             )  # fmt: skip
-            loop.call_soon_threadsafe(self.connected.set)
+            self.connected.set()
 
         def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            loop.call_soon_threadsafe(self.connected.clear)
+            self.connected.clear()
             if not stop.is_set():
                 log.warning("disconnected from broker; reconnecting", reason=str(reason))
 
         def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             if stop.is_set():
                 return  # not acknowledged: the broker delivers it again next time
-            inbox.put(
+            inbox.append(
                 Message(
                     msg.topic,
                     bytes(msg.payload),
@@ -150,17 +240,17 @@ class MqttIngest:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = settings.mqtt_receive_maximum
-        client.connect_async(
-            address.host, address.port, keepalive=30, clean_start=False, properties=props
+        network = LoopNetwork(client, loop, inbox)
+        connecting = asyncio.create_task(
+            network.keep_connected(address, props, stop), name="mqtt-connection"
         )
-        client.loop_start()
         reporter = asyncio.create_task(self._report(inbox, stop))
         try:
             await self.pipeline.run(inbox, self._done, stop)
         finally:
             reporter.cancel()
-            client.disconnect()
-            client.loop_stop()
+            connecting.cancel()
+            network.close()
             log.info("ingest stopped", **self.pipeline.stats)
 
     def _done(self, outcomes: list[Outcome]) -> None:

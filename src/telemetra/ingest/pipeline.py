@@ -671,9 +671,23 @@ class Inbox:
         self._batch = batch
         self._arrived = asyncio.Event()
         self._filled = asyncio.Event()
+        self.on_drained: Callable[[], None] | None = None  # room again: resume reading
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def full(self) -> bool:
+        """True when a same-thread producer should stop reading (see ``on_drained``)."""
+        return len(self._items) >= self._limit
+
+    def append(self, message: Message) -> None:
+        """``put`` for producers on the loop's own thread: never blocks."""
+        self._items.append(message)
+        n = len(self._items)
+        if n == 1:
+            self._arrived.set()
+        if n == self._batch:
+            self._filled.set()
 
     def put(self, message: Message) -> None:
         with self._lock:
@@ -705,4 +719,6 @@ class Inbox:
             count = min(most, len(self._items))
             batch = [self._items.popleft() for _ in range(count)]
             self._lock.notify_all()
+        if self.on_drained is not None:
+            self.on_drained()
         return batch
