@@ -42,9 +42,9 @@ class Settings(BaseSettings):
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = "INFO"
 
-    batch_max_messages: int = Field(2000, ge=1)
+    batch_max_messages: int = Field(4000, ge=1)
     batch_max_wait_ms: int = Field(50, ge=1)
-    queue_max_messages: int = Field(50000, ge=1)
+    queue_max_messages: int = Field(12000, ge=1)
     max_payload_bytes: int = Field(256 * 1024, ge=64)
     deadletter_payload_bytes: int = Field(4096, ge=0)
     max_future_skew_s: float = Field(300.0, ge=0)
