@@ -287,7 +287,7 @@ def latency(port: int, rate: float, args: argparse.Namespace, folder: Path) -> d
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         for i in range(devices)
     ]
     time.sleep(0.5)
