@@ -367,7 +367,11 @@ def bench(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             print(f"[{kind}] draining a backlog of {args.messages} messages …", flush=True)
             result: dict[str, Any] = {"drain": drain(db, port, args, log)}
             worker = result["drain"].pop("_worker")
-            rate = args.rate or result["drain"]["messages_per_s"] / 2
+            # Half the 50k readings/s target, or half of what this database drained.
+            readings_per_message = result["drain"]["readings"] / args.messages
+            rate = args.rate or min(
+                25_000 / readings_per_message, result["drain"]["messages_per_s"] / 2
+            )
             print(
                 f"[{kind}] latency at {rate:.0f} msg/s for {args.latency_seconds} s …", flush=True
             )
@@ -396,7 +400,10 @@ def main() -> None:
     parser.add_argument("--metrics", type=int, default=10, help="readings per message")
     parser.add_argument("--publishers", type=int, default=2, help="simulator processes")
     parser.add_argument(
-        "--rate", type=float, default=0, help="latency phase msg/s (default: half the drain rate)"
+        "--rate",
+        type=float,
+        default=0,
+        help="latency phase msg/s (default: 25k readings/s or half the drain rate)",
     )
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument("--skip-baseline", action="store_true")
