@@ -199,7 +199,7 @@ class MqttIngest:
         """Run until ``stop`` is set, then finish the batches already received."""
         loop = asyncio.get_running_loop()
         settings = self.settings
-        inbox = Inbox(loop, settings.queue_max_messages, settings.batch_max_messages)
+        inbox = Inbox(settings.queue_max_messages, settings.batch_max_messages)
         client, address = make_client(settings, settings.mqtt_client_id, manual_ack=True)
         self._client = client
         filters = self._filters()
@@ -224,7 +224,7 @@ class MqttIngest:
         def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             if stop.is_set():
                 return  # not acknowledged: the broker delivers it again next time
-            inbox.append(
+            inbox.put(
                 Message(
                     msg.topic,
                     bytes(msg.payload),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import threading
 import time
 from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -656,17 +655,15 @@ def _sanitize(text: str) -> str:
 
 
 class Inbox:
-    """A bounded hand-over from a transport's thread to the pipeline's event loop.
+    """The bounded queue between a source and the pipeline, on the pipeline's event loop.
 
-    ``put`` is called from any thread; the loop is woken only when a batch fills or the
-    first message of a batch arrives, not per message. When ``limit`` messages wait, ``put``
-    blocks: backpressure to the transport.
+    The pipeline is woken only when a batch fills or the first message of a batch arrives,
+    not per message. A source stops reading while the inbox is ``full()`` and resumes when
+    ``on_drained`` tells it there is room: backpressure down to the TCP connection.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, batch: int) -> None:
-        self._loop = loop
+    def __init__(self, limit: int, batch: int) -> None:
         self._items: deque[Message] = deque()
-        self._lock = threading.Condition()
         self._limit = limit
         self._batch = batch
         self._arrived = asyncio.Event()
@@ -677,11 +674,11 @@ class Inbox:
         return len(self._items)
 
     def full(self) -> bool:
-        """True when a same-thread producer should stop reading (see ``on_drained``)."""
+        """True when the source should stop reading until ``on_drained``."""
         return len(self._items) >= self._limit
 
-    def append(self, message: Message) -> None:
-        """``put`` for producers on the loop's own thread: never blocks."""
+    def put(self, message: Message) -> None:
+        """Queue a message (never blocks; the source checks ``full()``)."""
         self._items.append(message)
         n = len(self._items)
         if n == 1:
@@ -689,36 +686,20 @@ class Inbox:
         if n == self._batch:
             self._filled.set()
 
-    def put(self, message: Message) -> None:
-        with self._lock:
-            while len(self._items) >= self._limit:
-                self._lock.wait(1.0)
-            self._items.append(message)
-            n = len(self._items)
-        if n == 1:
-            self._loop.call_soon_threadsafe(self._arrived.set)
-        if n == self._batch:
-            self._loop.call_soon_threadsafe(self._filled.set)
-
     async def take(self, most: int, max_wait: float, stop: asyncio.Event) -> list[Message]:
         """Up to ``most`` messages: as soon as that many wait, or ``max_wait`` s after one."""
         if not self._items:
             self._arrived.clear()
-            if not self._items:
-                waiter = asyncio.ensure_future(self._arrived.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+            waiter = asyncio.ensure_future(self._arrived.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
         if len(self._items) < most:
             self._filled.clear()
-            if len(self._items) < most:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._filled.wait(), max_wait)
-        with self._lock:
-            count = min(most, len(self._items))
-            batch = [self._items.popleft() for _ in range(count)]
-            self._lock.notify_all()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._filled.wait(), max_wait)
+        batch = [self._items.popleft() for _ in range(min(most, len(self._items)))]
         if self.on_drained is not None:
             self.on_drained()
         return batch
