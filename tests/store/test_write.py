@@ -56,13 +56,17 @@ async def test_write_is_idempotent_and_rolls_up_only_new_rows(engine: AsyncEngin
     assert sorted(e.same for e in second.existing) == [False, True, True, True, True]
 
     async with engine.connect() as conn:
-        n = len((await conn.execute(select(readings).where(readings.c.device_id == device_id))).all())
+        n = len(
+            (await conn.execute(select(readings).where(readings.c.device_id == device_id))).all()
+        )
         minute = (
             await conn.execute(
                 select(rollup_1m).where(rollup_1m.c.device_id == device_id).order_by("bucket")
             )
         ).all()
-        hour = (await conn.execute(select(rollup_1h).where(rollup_1h.c.device_id == device_id))).one()
+        hour = (
+            await conn.execute(select(rollup_1h).where(rollup_1h.c.device_id == device_id))
+        ).one()
         newest = (await conn.execute(select(latest).where(latest.c.device_id == device_id))).one()
     assert n == 7
     assert [(m.count, m.sum, m.min, m.max, m.first_value, m.last_value) for m in minute] == [
