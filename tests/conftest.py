@@ -8,6 +8,7 @@ free port. When a service is missing the tests skip locally, but fail under CI=t
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import shutil
 import socket
@@ -117,6 +118,8 @@ def start_mosquitto(folder: Path, port: int | None = None, extra: str = "") -> B
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "mosquitto.conf"
     conf.write_text(
+        # As root, mosquitto would switch to its own user and could not write here.
+        f"user {getpass.getuser()}\n"
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
         f"persistence_location {folder}/\nmax_queued_messages 1000000\n"
         f"max_inflight_messages 0\nlog_dest file {folder}/mosquitto.log\n{extra}"

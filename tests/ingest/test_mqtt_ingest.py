@@ -322,3 +322,58 @@ async def test_stop_during_outage_exits_and_loses_nothing(
         finally:
             stop(worker)
             await engine.dispose()
+
+
+async def test_broker_restart_and_late_broker_are_survived(
+    db_url: str, tmp_path: Path, ingest_log: Path
+) -> None:
+    """The worker waits for a broker that is not up yet, and reconnects after a restart."""
+    from conftest import free_port, start_mosquitto
+
+    p = f"rc{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    folder = tmp_path / "broker"
+    late = Broker(port, None, folder)  # type: ignore[arg-type]
+    env_worker = subprocess.Popen(
+        [sys.executable, "-m", "telemetra.cli", "ingest"],
+        env={
+            **os.environ,
+            "TELEMETRA_DATABASE_URL": db_url,
+            "TELEMETRA_MQTT_URL": late.url,
+            "TELEMETRA_AUTO_REGISTER": "1",
+            "TELEMETRA_MQTT_CLIENT_ID": f"ingest-{p}",
+            "TELEMETRA_LOG_FORMAT": "json",
+        },
+        stdout=ingest_log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    engine = await open_database(db_url, migrate_schema=False)
+    broker = None
+    try:
+        deadline = time.monotonic() + 10
+        while b"cannot reach the broker" not in ingest_log.read_bytes():
+            assert time.monotonic() < deadline, ingest_log.read_text()
+            time.sleep(0.1)
+        broker = start_mosquitto(folder, port)
+        deadline = time.monotonic() + 20
+        while b"connected to broker" not in ingest_log.read_bytes():
+            assert time.monotonic() < deadline, ingest_log.read_text()
+            time.sleep(0.1)
+        publisher = Publisher(broker)
+        publisher.publish(f"devices/{p}-0/telemetry", {"ts": NOW_MS, "a": 1})
+        assert await wait_rows(engine, p, 1) == 1
+        publisher.close()
+
+        stop(broker.process)  # a broker restart: persistence keeps the worker's session
+        broker = start_mosquitto(folder, port)
+        publisher = Publisher(broker)
+        for topic, body in batch_of(p, 20):
+            publisher.publish(topic, body)
+        publisher.close()
+        assert await wait_rows(engine, p, 41, timeout=40) == 41
+        assert ingest_log.read_bytes().count(b"connected to broker") >= 2
+    finally:
+        stop(env_worker)
+        if broker is not None:
+            stop(broker.process)
+        await engine.dispose()
