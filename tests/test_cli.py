@@ -83,3 +83,30 @@ def test_server_database_must_be_migrated_explicitly() -> None:
         assert code == 0, out
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_cleaning_rules_are_data(sqlite_env: dict[str, str]) -> None:
+    code, out = invoke(
+        sqlite_env, "rule", "set", "level", "--min", "0", "--max", "5", "--unit", "m"
+    )
+    assert code == 0, out
+    code, out = invoke(sqlite_env, "tenant", "create", "farm")
+    code, out = invoke(
+        sqlite_env,
+        "rule",
+        "set",
+        "level",
+        "--max",
+        "9",
+        "--tenant",
+        "farm",
+        "--device-type",
+        "tank",
+    )
+    assert code == 0, out
+    code, out = invoke(sqlite_env, "rule", "list")
+    assert code == 0 and "level" in out and "farm" in out and "tank" in out
+    code, out = invoke(sqlite_env, "rule", "set", "level", "--min", "5", "--max", "1")
+    assert code == 1 and "above --max" in out
+    code, out = invoke(sqlite_env, "rule", "set", "level", "--kind", "sum")
+    assert code == 1 and "gauge or counter" in out

@@ -24,6 +24,8 @@ tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
 device_app = typer.Typer(help="Manage devices.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(device_app, name="device")
+rule_app = typer.Typer(help="Manage cleaning rules (valid range, unit, kind per metric).")
+app.add_typer(rule_app, name="rule")
 console = Console(stderr=True)
 T = TypeVar("T")
 
@@ -226,6 +228,65 @@ def device_list(
             row.uid, row.tenant, row.name or "", row.type or "", row.status,
             format_us(row.last_seen) if row.last_seen else "never",
             f"{row.clock_offset_us / 1e6:+.1f} s" if row.clock_offset_us is not None else "",
+        )  # fmt: skip
+    Console().print(table)
+
+
+@rule_app.command("set")
+def rule_set(
+    metric: Annotated[str, typer.Argument(help="metric name, e.g. temperature or env.co2")],
+    min_value: Annotated[float | None, typer.Option("--min", help="lowest valid value")] = None,
+    max_value: Annotated[float | None, typer.Option("--max", help="highest valid value")] = None,
+    unit: Annotated[str | None, typer.Option(help="canonical unit; others are converted")] = None,
+    kind: Annotated[str | None, typer.Option(help="gauge or counter (resets detected)")] = None,
+    device_type: Annotated[str | None, typer.Option(help="only devices of this type")] = None,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+) -> None:
+    """Set the cleaning rule of a metric; unset fields inherit (workers reload within 30 s)."""
+    from telemetra.store.catalog import set_rule, tenant_id_by_name
+
+    config = settings()
+
+    async def go() -> None:
+        engine = await _engine(config)
+        try:
+            async with engine.begin() as conn:
+                tenant_id = await tenant_id_by_name(conn, tenant) if tenant else None
+                await set_rule(
+                    conn, metric, tenant_id=tenant_id, device_type=device_type,
+                    min_value=min_value, max_value=max_value, unit=unit, kind=kind,
+                )  # fmt: skip
+        finally:
+            await engine.dispose()
+
+    run(go())
+    console.print(f"rule for {metric!r} stored")
+
+
+@rule_app.command("list")
+def rule_list() -> None:
+    """List stored cleaning rules (built-in defaults apply where none is stored)."""
+    from telemetra.store.catalog import list_rules
+
+    config = settings()
+
+    async def go() -> list[Any]:
+        engine = await _engine(config)
+        try:
+            async with engine.connect() as conn:
+                return await list_rules(conn)
+        finally:
+            await engine.dispose()
+
+    table = Table("metric", "tenant", "device type", "min", "max", "unit", "kind")
+
+    def show(value: Any) -> str:
+        return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    for row in run(go()):
+        table.add_row(
+            row.metric, row.tenant or "all", row.device_type or "all", show(row.min_value),
+            show(row.max_value), show(row.unit), show(row.kind),
         )  # fmt: skip
     Console().print(table)
 

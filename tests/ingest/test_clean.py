@@ -20,6 +20,7 @@ from telemetra.ingest.clean import (
     Policy,
     Rule,
     RuleBook,
+    RuleOverride,
     clean,
     normalise_unit,
     observe_clock,
@@ -150,7 +151,7 @@ def test_default_ranges(metric: str, value: float, ok: bool) -> None:
 
 
 def test_open_bound_is_shown_as_dash() -> None:
-    rules = RuleBook({("level", None): Rule(min_value=0.0)})
+    rules = RuleBook({(None, "level", None): RuleOverride(min_value=0.0)})
     rej = rejected_one(rd("level", value=-5.0), rules=rules)
     assert rej.reason is Reason.OUT_OF_RANGE
     assert "[0, -]" in rej.detail
@@ -173,8 +174,8 @@ def test_only_the_last_dotted_part_names_the_rule(metric: str) -> None:
 def test_override_precedence() -> None:
     rules = RuleBook(
         {
-            ("temperature", "freezer"): Rule(-40.0, -10.0, "°C"),
-            ("temperature", None): Rule(0.0, 50.0, "°C"),
+            (None, "temperature", "freezer"): RuleOverride(-40.0, -10.0, "°C"),
+            (None, "temperature", None): RuleOverride(0.0, 50.0, "°C"),
         }
     )
 
@@ -197,7 +198,7 @@ def test_override_precedence() -> None:
 
 
 def test_override_for_dotted_metric_name() -> None:
-    rules = RuleBook({("env.temperature", "freezer"): Rule(-40.0, -10.0, "°C")})
+    rules = RuleBook({(None, "env.temperature", "freezer"): RuleOverride(-40.0, -10.0, "°C")})
     assert run(rd("env.temperature", value=5.0), rules=rules, device_type="freezer")[1]
     assert run(rd("env.temperature", value=5.0), rules=rules, device_type="room")[0]
     # other names are unaffected by the override
@@ -205,7 +206,7 @@ def test_override_for_dotted_metric_name() -> None:
 
 
 def test_override_can_turn_a_metric_into_a_counter() -> None:
-    rules = RuleBook({("pulses", None): Rule(kind="counter")})
+    rules = RuleBook({(None, "pulses", None): RuleOverride(kind="counter")})
     state = DeviceState()
     run(rd("pulses", T0 - 20 * S, 100.0), rules=rules, state=state)
     acc, _, counts = run(rd("pulses", T0 - 10 * S, 5.0), rules=rules, state=state)
@@ -235,7 +236,7 @@ def test_text_reading_is_not_range_checked() -> None:
 
 
 def test_rule_lookup_is_cached_and_stable() -> None:
-    book = RuleBook({("x", "t"): Rule(0.0, 1.0)})
+    book = RuleBook({(None, "x", "t"): RuleOverride(0.0, 1.0)})
     first = book.rule("x", "t")
     assert book.rule("x", "t") is first
     assert book.rule("x", None) == Rule()
@@ -332,7 +333,7 @@ def test_normalise_unit() -> None:
 def test_property_fahrenheit_then_range_equals_range_of_converted(
     f: float, unit: str, device_type: str | None
 ) -> None:
-    rules = RuleBook({("temperature", "freezer"): Rule(-40.0, -10.0, "°C")})
+    rules = RuleBook({(None, "temperature", "freezer"): RuleOverride(-40.0, -10.0, "°C")})
     celsius = CONVERSIONS[("°F", "°C")](f)
     acc_f, rej_f, _ = run(rd(value=f, unit=unit), rules=rules, device_type=device_type)
     acc_c, rej_c, _ = run(rd(value=celsius, unit="°C"), rules=rules, device_type=device_type)
@@ -778,7 +779,7 @@ def entries(draw: st.DrawFn) -> Decoded:
 def test_property_clean_never_raises(
     batches: list[tuple[list[Decoded], int]], device_type: str | None
 ) -> None:
-    rules = RuleBook({("temperature", "freezer"): Rule(-40.0, -10.0, "°C")})
+    rules = RuleBook({(None, "temperature", "freezer"): RuleOverride(-40.0, -10.0, "°C")})
     state = DeviceState()
     for items, sec in batches:
         received = T0 + sec * S
@@ -792,3 +793,24 @@ def test_property_clean_never_raises(
             assert isinstance(rej.reason, Reason)
             assert rej.metric in METRICS
         assert all(v >= 0 for v in counts.values())
+
+
+def test_overrides_inherit_unset_fields_and_scope_by_tenant() -> None:
+    book = RuleBook(
+        {
+            (None, "temperature", None): RuleOverride(max_value=60.0),  # min stays -90
+            (None, "temperature", "freezer"): RuleOverride(min_value=-40.0, max_value=-10.0),
+            (7, "temperature", None): RuleOverride(min_value=10.0),
+            (7, "temperature", "freezer"): RuleOverride(max_value=0.0),
+        }
+    )
+    assert book.rule("temperature", None) == Rule(-90.0, 60.0, "°C")
+    assert book.rule("temperature", "freezer") == Rule(-40.0, -10.0, "°C")
+    assert book.rule("temperature", None, 7) == Rule(10.0, 60.0, "°C")
+    assert book.rule("temperature", "freezer", 7) == Rule(10.0, 0.0, "°C")
+    assert book.rule("temperature", "freezer", 8) == Rule(-40.0, -10.0, "°C")
+    accepted, rejected, _ = clean(
+        [Decoded("d", [Reading("temperature", T0 - S, 5.0)])],
+        None, DeviceState(), book, T0, Policy(), tenant_id=7,
+    )  # fmt: skip
+    assert not accepted and rejected[0].reason is Reason.OUT_OF_RANGE

@@ -249,3 +249,30 @@ async def test_clock_offset_is_estimated_corrected_and_kept_across_restarts(
         assert device_id is not None
         summary = await query.quality(conn, tenant_id, device_id)
     assert summary is not None and abs((summary.clock_offset_us or 0) - hour_us) < 2_000_000
+
+
+async def test_stored_rules_apply_per_tenant_and_device_type(engine: AsyncEngine) -> None:
+    from telemetra.store.catalog import set_rule
+
+    pipe, uid, tenant_id = await setup(engine, type="tank")
+    other, other_uid, _ = await setup(engine, type="tank")
+    async with engine.begin() as conn:
+        await set_rule(conn, "level", tenant_id=tenant_id, device_type="tank", max_value=5.0)
+    [mine] = await pipe.process_until_stored([msg(uid, {"ts": TS_MS, "level": 7.0})])
+    [theirs] = await other.process_until_stored([msg(other_uid, {"ts": TS_MS, "level": 7.0})])
+    assert mine.rejected[0].reason == "out_of_range" and "[-, 5]" in mine.rejected[0].detail
+    assert theirs.accepted == 1
+
+
+async def test_a_topic_without_route_is_dead_lettered(engine: AsyncEngine) -> None:
+    pipe, _, _ = await setup(engine)
+    topic = f"nowhere/{uuid.uuid4().hex[:6]}"
+    [outcome] = await pipe.process_until_stored(
+        [Message(topic, b'{"a": 1}', NOW_US, handle=(0, 0))]
+    )
+    assert outcome.rejected[0].reason == "unknown_route"
+    async with engine.connect() as conn:
+        reason = await conn.scalar(
+            select(dead_letters.c.reason).where(dead_letters.c.topic == topic)
+        )
+    assert reason == "unknown_route"

@@ -70,24 +70,48 @@ def normalise_unit(unit: str) -> str:
     return _UNIT_ALIASES.get(key, unit.strip())
 
 
+@dataclass(frozen=True, slots=True)
+class RuleOverride:
+    """A stored rule (``metric_rules``): each field set replaces the inherited one."""
+
+    min_value: float | None = None
+    max_value: float | None = None
+    unit: str | None = None
+    kind: str | None = None
+
+
+# (tenant id or None for all, metric name, device type or None for all)
+RuleKey = tuple[int | None, str, str | None]
+
+
 @dataclass(slots=True)
 class RuleBook:
-    """Rules as data: overrides by (metric, device type) on top of the built-in defaults."""
+    """Rules as data: stored overrides on top of the built-in defaults.
 
-    overrides: Mapping[tuple[str, str | None], Rule] = field(default_factory=dict)
-    _cache: dict[tuple[str, str | None], Rule] = field(default_factory=dict)
+    From general to specific, each level replaces the fields it sets: built-in default
+    (by the last part of the metric name), then the metric for all tenants, for a device
+    type, for a tenant, for a tenant's device type.
+    """
 
-    def rule(self, metric: str, device_type: str | None) -> Rule:
-        """The rule for ``metric`` on a device of ``device_type``: most specific wins."""
-        key = (metric, device_type)
+    overrides: Mapping[RuleKey, RuleOverride] = field(default_factory=dict)
+    _cache: dict[RuleKey, Rule] = field(default_factory=dict)
+
+    def rule(self, metric: str, device_type: str | None, tenant_id: int | None = None) -> Rule:
+        """The rule for ``metric`` on a device of ``device_type`` in tenant ``tenant_id``."""
+        key = (tenant_id, metric, device_type)
         found = self._cache.get(key)
         if found is None:
-            found = (
-                self.overrides.get(key)
-                or self.overrides.get((metric, None))
-                or DEFAULT_RULES.get(metric.rsplit(".", 1)[-1].lower())
-                or Rule()
-            )
+            found = DEFAULT_RULES.get(metric.rsplit(".", 1)[-1].lower()) or Rule()
+            for scope in ((None, metric, None), (None, metric, device_type),
+                          (tenant_id, metric, None), key):  # fmt: skip
+                override = self.overrides.get(scope)
+                if override is not None:
+                    found = Rule(
+                        found.min_value if override.min_value is None else override.min_value,
+                        found.max_value if override.max_value is None else override.max_value,
+                        override.unit or found.unit,
+                        override.kind or found.kind,
+                    )
             self._cache[key] = found
         return found
 
@@ -177,6 +201,7 @@ def clean(
     rules: RuleBook,
     received_at: int,
     policy: Policy,
+    tenant_id: int | None = None,
 ) -> tuple[list[Reading], list[Rejection], Counter[str]]:
     """Validate and flag the readings of one message's entries for one device."""
     accepted: list[Reading] = []
@@ -205,12 +230,12 @@ def clean(
                 counts["clock_corrected"] += 1
             problem = _check_time(reading, received_at, policy)
             if problem is None:
-                problem = _apply_rule(reading, rules.rule(reading.metric, device_type))
+                problem = _apply_rule(reading, rules.rule(reading.metric, device_type, tenant_id))
             if problem is not None:
                 problem.index = entry.index
                 rejections.append(problem)
                 continue
-            _track(reading, state, received_at, policy, counts, rules, device_type)
+            _track(reading, state, received_at, policy, counts, rules, device_type, tenant_id)
             accepted.append(reading)
     return accepted, rejections, counts
 
@@ -275,6 +300,7 @@ def _track(
     counts: Counter[str],
     rules: RuleBook,
     device_type: str | None,
+    tenant_id: int | None,
 ) -> None:
     """Flag late, out-of-order and counter resets; count gaps; remember the newest point."""
     ts = reading.ts
@@ -292,7 +318,7 @@ def _track(
             reading.value is not None
             and series.last_value is not None
             and reading.value < series.last_value
-            and rules.rule(reading.metric, device_type).kind == "counter"
+            and rules.rule(reading.metric, device_type, tenant_id).kind == "counter"
         ):
             reading.flags |= Flag.COUNTER_RESET
             counts["counter_reset"] += 1

@@ -124,7 +124,10 @@ def import_pipeline(engine: AsyncEngine, settings: Settings) -> Pipeline:
     that is days behind and be "corrected" to now. Imported timestamps are taken as recorded.
     """
     pipeline = Pipeline(engine, settings)
-    pipeline.policy = dataclasses.replace(pipeline.policy, clock_min_samples=2**31)
+    # No estimate from file times, and no live estimate applied to recorded times either.
+    pipeline.policy = dataclasses.replace(
+        pipeline.policy, clock_min_samples=2**31, clock_correct_after_us=2**62
+    )
     return pipeline
 
 

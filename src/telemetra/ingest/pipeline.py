@@ -25,7 +25,15 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra.config import Settings
-from telemetra.ingest.clean import DeviceState, Policy, RuleBook, Series, applied_offset, clean
+from telemetra.ingest.clean import (
+    DeviceState,
+    Policy,
+    RuleBook,
+    RuleOverride,
+    Series,
+    applied_offset,
+    clean,
+)
 from telemetra.ingest.decode import decode
 from telemetra.ingest.routes import DEFAULT_ROUTES, Route, match
 from telemetra.model import (
@@ -38,7 +46,7 @@ from telemetra.model import (
     valid_device_uid,
 )
 from telemetra.store.catalog import DeviceRegistry, MetricIds
-from telemetra.store.schema import latest, metrics
+from telemetra.store.schema import latest, metric_rules, metrics
 from telemetra.store.write import (
     add_dead_letters,
     add_quality_counts,
@@ -56,6 +64,7 @@ T = TypeVar("T")
 # commit running beside it is not kept waiting for the event loop.
 YIELD_EVERY = 100
 _UNSEEN = object()
+RULES_REFRESH_S = 30.0  # stored cleaning rules are re-read this often
 
 
 @dataclass(slots=True)
@@ -190,6 +199,8 @@ class Pipeline:
         self.settings = settings
         self.routes = tuple(routes)
         self.rules = rules or RuleBook()
+        self._rules_fixed = rules is not None  # given by the caller: not reloaded
+        self._rules_loaded_at = -RULES_REFRESH_S
         self.policy = Policy(
             max_future_skew_us=int(settings.max_future_skew_s * US_PER_S),
             late_after_us=int(settings.late_after_s * US_PER_S),
@@ -224,6 +235,7 @@ class Pipeline:
         Cleaning, which moves each device's state forward, comes last: when a lookup fails
         the whole call can be retried without counting anything twice.
         """
+        await self._refresh_rules()
         works = [self._route(m) for m in messages]
         await self._resolve_devices(works)
         for i, work in enumerate(works):
@@ -242,6 +254,21 @@ class Pipeline:
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
         return self._assemble(works)
+
+    async def _refresh_rules(self) -> None:
+        """Re-read ``metric_rules`` now and then, so `telemetra rule set` needs no restart."""
+        if self._rules_fixed or time.monotonic() - self._rules_loaded_at < RULES_REFRESH_S:
+            return
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(metric_rules))
+            overrides = {
+                (row.tenant_id, row.metric, row.device_type): RuleOverride(
+                    row.min_value, row.max_value, row.unit, row.kind
+                )
+                for row in rows
+            }
+        self.rules = RuleBook(overrides)
+        self._rules_loaded_at = time.monotonic()
 
     def _route(self, message: Message) -> _Work:
         outcome = Outcome(message)
@@ -403,6 +430,7 @@ class Pipeline:
             self.rules,
             work.message.received_at,
             self.policy,
+            work.device.tenant_id,
         )
         work.readings = accepted
         work.outcome.rejected.extend(rejected)

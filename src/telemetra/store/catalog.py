@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telemetra.model import Device, valid_device_uid
-from telemetra.store.schema import DEFAULT_TENANT, devices, metrics, tenants
+from telemetra.store.schema import DEFAULT_TENANT, devices, metric_rules, metrics, tenants
 
 
 def now_us() -> int:
@@ -179,3 +179,47 @@ async def list_devices(conn: AsyncConnection, tenant_id: int | None = None) -> l
     if tenant_id is not None:
         query = query.where(devices.c.tenant_id == tenant_id)
     return list((await conn.execute(query.order_by(devices.c.uid))).all())
+
+
+async def set_rule(
+    conn: AsyncConnection,
+    metric: str,
+    *,
+    tenant_id: int | None = None,
+    device_type: str | None = None,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    unit: str | None = None,
+    kind: str | None = None,
+) -> None:
+    """Store (replace) the cleaning rule of one scope: metric, tenant or all, device type or all."""
+    if min_value is not None and max_value is not None and min_value > max_value:
+        raise ValueError(f"--min {min_value:g} is above --max {max_value:g}")
+    if kind not in (None, "gauge", "counter"):
+        raise ValueError(f"kind must be gauge or counter, not {kind!r}")
+    scope = (
+        metric_rules.c.metric == metric,
+        metric_rules.c.tenant_id.is_(None)
+        if tenant_id is None
+        else metric_rules.c.tenant_id == tenant_id,
+        metric_rules.c.device_type.is_(None)
+        if device_type is None
+        else metric_rules.c.device_type == device_type,
+    )
+    await conn.execute(metric_rules.delete().where(*scope))
+    await conn.execute(
+        metric_rules.insert().values(
+            tenant_id=tenant_id, metric=metric, device_type=device_type,
+            min_value=min_value, max_value=max_value, unit=unit, kind=kind,
+        )
+    )  # fmt: skip
+
+
+async def list_rules(conn: AsyncConnection) -> list[Any]:
+    """Stored cleaning rules with their tenant names."""
+    query = (
+        select(metric_rules, tenants.c.name.label("tenant"))
+        .outerjoin(tenants, tenants.c.id == metric_rules.c.tenant_id)
+        .order_by(metric_rules.c.metric, metric_rules.c.device_type, metric_rules.c.tenant_id)
+    )
+    return list((await conn.execute(query)).all())
