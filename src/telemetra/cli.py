@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
@@ -27,6 +28,8 @@ app.add_typer(device_app, name="device")
 rule_app = typer.Typer(help="Manage cleaning rules (valid range, unit, kind per metric).")
 app.add_typer(rule_app, name="rule")
 console = Console(stderr=True)
+# Tables go to stdout; piped output is not cut at 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
 T = TypeVar("T")
 
 
@@ -229,7 +232,7 @@ def device_list(
             format_us(row.last_seen) if row.last_seen else "never",
             f"{row.clock_offset_us / 1e6:+.1f} s" if row.clock_offset_us is not None else "",
         )  # fmt: skip
-    Console().print(table)
+    out.print(table)
 
 
 @rule_app.command("set")
@@ -288,7 +291,7 @@ def rule_list() -> None:
             row.metric, row.tenant or "all", row.device_type or "all", show(row.min_value),
             show(row.max_value), show(row.unit), show(row.kind),
         )  # fmt: skip
-    Console().print(table)
+    out.print(table)
 
 
 @app.command("sim")
@@ -408,7 +411,7 @@ def import_(
         table.add_row(f"  {reason}", f"{n:,}")
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     table.add_row("time", f"{summary.seconds:.1f} s ({rate:,.0f} rows/s)")
-    Console().print(table)
+    out.print(table)
     for r in summary.rejections[:10]:
         console.print(f"line {r.line}: {r.reason}: {r.detail}", highlight=False, markup=False)
     if len(summary.rejections) > 10 or summary.rejected > len(summary.rejections):
