@@ -340,9 +340,9 @@ def baseline(db: Database, port: int, args: argparse.Namespace) -> dict[str, flo
     proc = subprocess.Popen(cmd)
     started = time.monotonic()
     try:
-        done = wait_until(
-            lambda: db.count("SELECT count(*) FROM naive_messages"),
-            messages,
+        done = wait_until(  # it stores the numeric values: metrics per message
+            lambda: db.count("SELECT count(*) FROM naive_readings"),
+            messages * args.metrics,
             timeout=900,
             every=0.5,
         )
