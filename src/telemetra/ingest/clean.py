@@ -7,7 +7,7 @@ quality counts out. No I/O; the pipeline keeps the state between batches.
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -202,11 +202,11 @@ def clean(
     received_at: int,
     policy: Policy,
     tenant_id: int | None = None,
-) -> tuple[list[Reading], list[Rejection], Counter[str]]:
+) -> tuple[list[Reading], list[Rejection], defaultdict[str, int]]:
     """Validate and flag the readings of one message's entries for one device."""
     accepted: list[Reading] = []
     rejections: list[Rejection] = []
-    counts: Counter[str] = Counter()
+    counts: defaultdict[str, int] = defaultdict(int)  # per message: cheaper than a Counter
     newest = max((r.ts for e in entries if e.has_device_time for r in e.readings), default=None)
     if newest is not None:
         observe_clock(state, received_at, newest - received_at, policy)
@@ -297,7 +297,7 @@ def _track(
     state: DeviceState,
     received_at: int,
     policy: Policy,
-    counts: Counter[str],
+    counts: defaultdict[str, int],
     rules: RuleBook,
     device_type: str | None,
     tenant_id: int | None,

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import time
 from collections import Counter, OrderedDict, defaultdict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, TypeVar
@@ -162,7 +162,7 @@ class _Work:
     device: Device | None = None
     entries: list[Decoded] = field(default_factory=list)
     readings: list[Reading] = field(default_factory=list)
-    counts: Counter[str] = field(default_factory=Counter)
+    counts: Mapping[str, int] = field(default_factory=dict)
     new_times: list[tuple[int, str, int]] = field(default_factory=list)  # to remember
 
     @property
@@ -457,6 +457,7 @@ class Pipeline:
             for name, n in work.counts.items():
                 quality[(*q, name)] += n
             received_at, tenant_id, device_id = work.message.received_at, *q
+            fresh = 0  # accepted unless the database already has them (see ``commit``)
             for reading in work.readings:
                 metric_id = ids[reading.metric]
                 key = (device_id, metric_id, reading.ts)
@@ -467,14 +468,16 @@ class Pipeline:
                         reading.text, received_at, reading.flags, reading.ts_device,
                     )  # fmt: skip
                     entries[key] = (row, position, reading)
-                    batch.accepted[position] += 1  # unless the database already has it
-                    quality[(*q, "accepted")] += 1
+                    fresh += 1
                 elif earlier[0][4] == reading.value and earlier[0][5] == reading.text:
                     # Same key twice in one batch: first wins, as in the database.
                     quality[(*q, "duplicate")] += 1
                     batch.accepted[position] += 1
                 else:
                     batch.extra.append((position, _conflict(reading, _conflict_detail(earlier[0]))))
+            if fresh:
+                batch.accepted[position] += fresh
+                quality[(*q, "accepted")] += fresh
         return batch
 
     async def commit(self, batch: Prepared) -> list[Outcome]:
