@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -58,6 +58,21 @@ async def _engine(config: Settings) -> Any:
     from telemetra.store.database import open_database
 
     return await open_database(config.sqlalchemy_url)
+
+
+def in_database(work: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
+    """Run ``work(connection)`` in one transaction on the configured database."""
+    config = settings()
+
+    async def go() -> T:
+        engine = await _engine(config)
+        try:
+            async with engine.begin() if write else engine.connect() as conn:
+                return await work(conn)
+        finally:
+            await engine.dispose()
+
+    return run(go())
 
 
 def version_callback(value: bool) -> None:
@@ -140,17 +155,7 @@ def tenant_create(
     """Create a tenant."""
     from telemetra.store.catalog import create_tenant
 
-    config = settings()
-
-    async def go() -> int:
-        engine = await _engine(config)
-        try:
-            async with engine.begin() as conn:
-                return await create_tenant(conn, name, timezone)
-        finally:
-            await engine.dispose()
-
-    tenant_id = run(go())
+    tenant_id = in_database(lambda conn: create_tenant(conn, name, timezone), write=True)
     console.print(f"tenant {name!r} created (id {tenant_id})")
 
 
@@ -166,7 +171,6 @@ def device_create(
     """Register a device and print its token once (only a hash is stored)."""
     from telemetra.store.catalog import create_device, tenant_id_by_name
 
-    config = settings()
     try:
         meta = json.loads(metadata) if metadata else {}
     except json.JSONDecodeError as error:
@@ -174,18 +178,13 @@ def device_create(
     if timezone:
         _check_zone(timezone)
 
-    async def go() -> str:
-        engine = await _engine(config)
-        try:
-            async with engine.begin() as conn:
-                tenant_id = await tenant_id_by_name(conn, tenant)
-                return await create_device(
-                    conn, tenant_id, uid, name=name, type=type, timezone=timezone, metadata=meta
-                )
-        finally:
-            await engine.dispose()
+    async def create(conn: Any) -> str:
+        tenant_id = await tenant_id_by_name(conn, tenant)
+        return await create_device(
+            conn, tenant_id, uid, name=name, type=type, timezone=timezone, metadata=meta
+        )
 
-    token = run(go())
+    token = in_database(create, write=True)
     console.print(f"device {uid!r} created in tenant {tenant!r}. Its token (shown only once):")
     print(token)
 
@@ -207,18 +206,11 @@ def device_list(
     """List registered devices."""
     from telemetra.store.catalog import list_devices, tenant_id_by_name
 
-    config = settings()
+    async def devices(conn: Any) -> list[Any]:
+        tenant_id = await tenant_id_by_name(conn, tenant) if tenant else None
+        return await list_devices(conn, tenant_id)
 
-    async def go() -> list[Any]:
-        engine = await _engine(config)
-        try:
-            async with engine.connect() as conn:
-                tenant_id = await tenant_id_by_name(conn, tenant) if tenant else None
-                return await list_devices(conn, tenant_id)
-        finally:
-            await engine.dispose()
-
-    rows = run(go())
+    rows = in_database(devices)
     if as_json:
         for row in rows:
             print(json.dumps({k: v for k, v in row._mapping.items() if k != "token_hash"}))
@@ -248,21 +240,14 @@ def rule_set(
     """Set the cleaning rule of a metric; unset fields inherit (workers reload within 30 s)."""
     from telemetra.store.catalog import set_rule, tenant_id_by_name
 
-    config = settings()
+    async def store(conn: Any) -> None:
+        tenant_id = await tenant_id_by_name(conn, tenant) if tenant else None
+        await set_rule(
+            conn, metric, tenant_id=tenant_id, device_type=device_type,
+            min_value=min_value, max_value=max_value, unit=unit, kind=kind,
+        )  # fmt: skip
 
-    async def go() -> None:
-        engine = await _engine(config)
-        try:
-            async with engine.begin() as conn:
-                tenant_id = await tenant_id_by_name(conn, tenant) if tenant else None
-                await set_rule(
-                    conn, metric, tenant_id=tenant_id, device_type=device_type,
-                    min_value=min_value, max_value=max_value, unit=unit, kind=kind,
-                )  # fmt: skip
-        finally:
-            await engine.dispose()
-
-    run(go())
+    in_database(store, write=True)
     console.print(f"rule for {metric!r} stored")
 
 
@@ -271,22 +256,12 @@ def rule_list() -> None:
     """List stored cleaning rules (built-in defaults apply where none is stored)."""
     from telemetra.store.catalog import list_rules
 
-    config = settings()
-
-    async def go() -> list[Any]:
-        engine = await _engine(config)
-        try:
-            async with engine.connect() as conn:
-                return await list_rules(conn)
-        finally:
-            await engine.dispose()
-
     table = Table("metric", "tenant", "device type", "min", "max", "unit", "kind")
 
     def show(value: Any) -> str:
         return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
-    for row in run(go()):
+    for row in in_database(list_rules):
         table.add_row(
             row.metric, row.tenant or "all", row.device_type or "all", show(row.min_value),
             show(row.max_value), show(row.unit), show(row.kind),
