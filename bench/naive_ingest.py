@@ -1,9 +1,9 @@
 """The naive baseline: what a simple hand-written ingester does.
 
-paho subscriber (QoS1, acknowledged on receipt), and per message: parse JSON, one INSERT of its
-values, commit. Used by bench/ingest.py only.
+paho subscriber (QoS1, acknowledged on receipt), and per message: parse JSON, one INSERT of all
+its values (or, with --per-value, one INSERT per value), commit. Used by bench/ingest.py only.
 
-    python bench/naive_ingest.py DATABASE_URL MQTT_PORT CLIENT_ID [--setup-only]
+    python bench/naive_ingest.py DATABASE_URL MQTT_PORT CLIENT_ID [--per-value] [--setup-only]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def rows_of(topic: str, payload: bytes) -> list[tuple[str, str, int, float]]:
 def main() -> None:
     url, port, client_id = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     setup_only = "--setup-only" in sys.argv
+    per_value = "--per-value" in sys.argv
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.on_message = lambda _c, _u, m: inbox.put((m.topic, m.payload))
@@ -57,7 +58,11 @@ def main() -> None:
 
         def store(rows: list[tuple[str, str, int, float]]) -> None:
             conn.execute("BEGIN")
-            conn.executemany("INSERT INTO naive_readings VALUES (?, ?, ?, ?)", rows)
+            if per_value:
+                for row in rows:
+                    conn.execute("INSERT INTO naive_readings VALUES (?, ?, ?, ?)", row)
+            else:
+                conn.executemany("INSERT INTO naive_readings VALUES (?, ?, ?, ?)", rows)
             conn.execute("COMMIT")
     else:
         loop = asyncio.new_event_loop()
@@ -66,6 +71,11 @@ def main() -> None:
             loop.run_until_complete(pg.execute(ddl))
 
         async def insert(rows: list[tuple[str, str, int, float]]) -> None:
+            if per_value:
+                async with pg.transaction():
+                    for row in rows:
+                        await pg.execute("INSERT INTO naive_readings VALUES ($1, $2, $3, $4)", *row)
+                return
             values = ", ".join(
                 f"(${4 * i + 1}, ${4 * i + 2}, ${4 * i + 3}, ${4 * i + 4})"
                 for i in range(len(rows))
