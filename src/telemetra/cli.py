@@ -125,16 +125,23 @@ def ingest() -> None:
     """Run the MQTT ingest worker (shared subscription: run several)."""
     from telemetra.ingest.mqtt import MqttIngest, parse_mqtt_url
     from telemetra.ingest.pipeline import Pipeline
+    from telemetra.store.database import wait_for_database
 
     config = settings()
-    parse_mqtt_url(config.mqtt_url)
+    try:
+        parse_mqtt_url(config.mqtt_url)
+        routes = routes_of(config)
+    except ValueError as error:
+        raise fail(str(error)) from None
 
     async def go() -> None:
-        engine = await _engine(config)
         stop = asyncio.Event()
         install_stop(stop)
+        engine = await wait_for_database(config.sqlalchemy_url, stop)
+        if engine is None:
+            return
         try:
-            await MqttIngest(config, Pipeline(engine, config, routes_of(config))).run(stop)
+            await MqttIngest(config, Pipeline(engine, config, routes)).run(stop)
         finally:
             await engine.dispose()
 

@@ -377,3 +377,40 @@ async def test_broker_restart_and_late_broker_are_survived(
         if broker is not None:
             stop(broker.process)
         await engine.dispose()
+
+
+async def test_worker_waits_for_the_database_at_start(
+    pg_url: str, mosquitto: Broker, publisher: Publisher, ingest_log: Path
+) -> None:
+    p = f"wait{uuid.uuid4().hex[:6]}"
+    with outage(pg_url) as (worker_url, down, up):
+        down()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "telemetra.cli", "ingest"],
+            env={
+                **os.environ,
+                "TELEMETRA_DATABASE_URL": worker_url,
+                "TELEMETRA_MQTT_URL": mosquitto.url,
+                "TELEMETRA_AUTO_REGISTER": "1",
+                "TELEMETRA_MQTT_CLIENT_ID": f"ingest-{p}",
+                "TELEMETRA_LOG_FORMAT": "json",
+            },
+            stdout=ingest_log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        engine = await open_database(pg_url, migrate_schema=False)
+        try:
+            deadline = time.monotonic() + 15
+            while b"database unavailable; waiting" not in ingest_log.read_bytes():
+                assert proc.poll() is None and time.monotonic() < deadline, ingest_log.read_text()
+                time.sleep(0.1)
+            up()
+            deadline = time.monotonic() + 20
+            while b"connected to broker" not in ingest_log.read_bytes():
+                assert time.monotonic() < deadline, ingest_log.read_text()
+                time.sleep(0.1)
+            publisher.publish(f"devices/{p}-0/telemetry", {"ts": NOW_MS, "a": 1})
+            assert await wait_rows(engine, p, 1) == 1
+        finally:
+            stop(proc)
+            await engine.dispose()

@@ -93,3 +93,14 @@ async def test_write_is_idempotent_and_rolls_up_only_new_rows(engine: AsyncEngin
     assert newest.value == 99.0
     assert (hour_before.count, hour_before.min) == (1, -5.0)
     assert dialect_insert  # imported for the sibling tests
+
+
+async def test_old_assigned_event_times_are_forgotten(engine: AsyncEngine) -> None:
+    from telemetra.store.write import assigned_times, forget_event_times, remember_event_times
+
+    _, device_id = await make_device(engine)
+    async with engine.begin() as conn:
+        await remember_event_times(conn, [(device_id, "old", 1_000), (device_id, "new", 9_000)])
+        assert await forget_event_times(conn, 5_000) >= 1
+        left = await assigned_times(conn, [(device_id, "old"), (device_id, "new")])
+    assert left == {(device_id, "new"): 9_000}

@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import structlog
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -46,11 +45,13 @@ from telemetra.model import (
     valid_device_uid,
 )
 from telemetra.store.catalog import DeviceRegistry, MetricIds
+from telemetra.store.database import database_unavailable
 from telemetra.store.schema import latest, metric_rules, metrics
 from telemetra.store.write import (
     add_dead_letters,
     add_quality_counts,
     assigned_times,
+    forget_event_times,
     remember_event_times,
     touch_devices,
     write_readings,
@@ -65,6 +66,10 @@ T = TypeVar("T")
 YIELD_EVERY = 100
 _UNSEEN = object()
 RULES_REFRESH_S = 30.0  # stored cleaning rules are re-read this often
+# Assigned event times are needed only while a redelivery can still come: the ingest
+# session's broker queue lives 7 days (see ``mqtt.SESSION_EXPIRY_S``).
+EVENT_TIMES_KEEP_US = 7 * 24 * 3600 * US_PER_S
+EVENT_TIMES_PURGE_S = 3600.0
 
 
 @dataclass(slots=True)
@@ -141,15 +146,6 @@ def deadletter_payload(outcome: Outcome, rejection: Rejection, cap: int) -> byte
 
 class Abandoned(Exception):
     """Stopping while the database is unavailable: the batch stays unacknowledged."""
-
-
-def database_unavailable(error: BaseException) -> bool:
-    """True for errors that mean "try again later", not "this data is bad"."""
-    if isinstance(error, sa_exc.DBAPIError):
-        return error.connection_invalidated or isinstance(
-            error, sa_exc.OperationalError | sa_exc.InterfaceError
-        )
-    return isinstance(error, OSError | TimeoutError | ConnectionError)
 
 
 @dataclass(slots=True)
@@ -622,6 +618,20 @@ class Pipeline:
             alone = self._assemble(works)
             return await self._retrying(lambda: self.commit(alone), 1)
 
+    async def _purge_event_times(self, stop: asyncio.Event) -> None:
+        """Forget assigned event times older than any redelivery can be, once an hour."""
+        while not stop.is_set():
+            cutoff = time.time_ns() // 1000 - EVENT_TIMES_KEEP_US
+            try:
+                async with self.engine.begin() as conn:
+                    gone = await forget_event_times(conn, cutoff)
+                if gone:
+                    log.info("forgot old assigned event times", rows=gone)
+            except Exception as error:  # never worth stopping ingest for
+                log.warning("could not purge assigned event times", error=str(error)[:200])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), EVENT_TIMES_PURGE_S)
+
     async def run(
         self,
         inbox: Inbox,
@@ -643,6 +653,7 @@ class Pipeline:
                 done(await self.commit_until_stored(batch))
 
         writing = asyncio.create_task(writer())
+        purging = asyncio.create_task(self._purge_event_times(stop))
         try:
             while not (stop.is_set() and not len(inbox)):
                 batch = await inbox.take(self.settings.batch_max_messages, max_wait, stop)
@@ -658,6 +669,7 @@ class Pipeline:
         except Abandoned as reason:
             log.warning("unacknowledged messages left for redelivery", reason=str(reason))
         finally:
+            purging.cancel()
             while not writing.done():
                 try:
                     prepared.put_nowait(None)

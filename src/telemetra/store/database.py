@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from telemetra.config import async_url
+
+log = structlog.get_logger("telemetra.database")
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """True for errors that mean "try again later", not "this data is bad"."""
+    if isinstance(error, sa_exc.DBAPIError):
+        return error.connection_invalidated or isinstance(
+            error, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    return isinstance(error, OSError | TimeoutError | ConnectionError)
 
 
 def is_sqlite(engine: AsyncEngine | AsyncConnection) -> bool:
@@ -93,8 +108,32 @@ async def open_database(url: str, *, migrate_schema: bool | None = None) -> Asyn
     engine = create_engine(url)
     if migrate_schema is None:
         migrate_schema = is_sqlite(engine)
-    if migrate_schema:
-        await migrate(engine)
-    else:
-        await check_schema(engine)
+    try:
+        if migrate_schema:
+            await migrate(engine)
+        else:
+            await check_schema(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
     return engine
+
+
+async def wait_for_database(url: str, stop: asyncio.Event) -> AsyncEngine | None:
+    """``open_database``, retried with backoff while the server is unreachable.
+
+    Returns None when ``stop`` is set first. Errors that waiting cannot fix (a schema that
+    needs ``telemetra migrate``, a bad URL) are raised at once.
+    """
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            return await open_database(url)
+        except Exception as error:
+            if not database_unavailable(error):
+                raise
+            log.warning("database unavailable; waiting", retry_in_s=delay, error=str(error)[:200])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 30.0)
+    return None

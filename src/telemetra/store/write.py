@@ -233,6 +233,12 @@ async def remember_event_times(
         await conn.execute(stmt, values)
 
 
+async def forget_event_times(conn: AsyncConnection, before: int) -> int:
+    """Delete assigned event times older than ``before`` (µs); returns how many."""
+    result = await conn.execute(event_times.delete().where(event_times.c.ts < before))
+    return int(result.rowcount or 0)
+
+
 async def assigned_times(
     conn: AsyncConnection, keys: Sequence[tuple[int, str]]
 ) -> dict[tuple[int, str], int]:
