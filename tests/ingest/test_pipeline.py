@@ -276,3 +276,18 @@ async def test_a_topic_without_route_is_dead_lettered(engine: AsyncEngine) -> No
             select(dead_letters.c.reason).where(dead_letters.c.topic == topic)
         )
     assert reason == "unknown_route"
+
+
+async def test_a_disabled_device_is_refused_once_its_cache_entry_expires(
+    engine: AsyncEngine,
+) -> None:
+    from telemetra.store.catalog import DeviceRegistry
+
+    pipe, uid, _ = await setup(engine)
+    pipe.devices = DeviceRegistry(known_ttl_s=0.0, unknown_ttl_s=0.0)
+    [first] = await pipe.process_until_stored([msg(uid, {"ts": TS_MS, "a": 1})])
+    async with engine.begin() as conn:
+        await conn.execute(devices.update().where(devices.c.uid == uid).values(status="disabled"))
+    [second] = await pipe.process_until_stored([msg(uid, {"ts": TS_MS + 1000, "a": 2})])
+    assert first.accepted == 1
+    assert second.rejected[0].reason == "unknown_device"

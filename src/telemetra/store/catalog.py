@@ -61,19 +61,30 @@ def _device(row: Any) -> Device:
 
 
 class DeviceRegistry:
-    """Device uid -> Device, with a short negative cache so unknown ids cost one query a while."""
+    """Device uid -> Device, cached for a while (unknown uids for less).
 
-    def __init__(self, negative_ttl_s: float = 5.0) -> None:
-        self._known: dict[str, Device] = {}
-        self._unknown: dict[str, float] = {}
-        self._ttl = negative_ttl_s
+    Entries are re-read after ``known_ttl_s``, so a disabled or deleted device, or an edited
+    time zone, reaches running workers within that time.
+    """
+
+    def __init__(self, known_ttl_s: float = 60.0, unknown_ttl_s: float = 5.0) -> None:
+        self._known: dict[str, tuple[Device, float]] = {}  # uid -> (device, valid until)
+        self._unknown: dict[str, float] = {}  # uid -> not asked again until
+        self._known_ttl = known_ttl_s
+        self._unknown_ttl = unknown_ttl_s
         self.tenant_zones: dict[int, str | None] = {}
 
     async def lookup(self, engine: AsyncEngine, uids: Iterable[str]) -> dict[str, Device]:
-        """Registered devices among ``uids`` (unknown ones are simply absent)."""
+        """Registered, active devices among ``uids`` (others are simply absent)."""
         clock = time.monotonic()
-        wanted = {u for u in uids if u not in self._known and self._unknown.get(u, 0.0) <= clock}
+        known, unknown = self._known, self._unknown
+        wanted = {
+            u for u in uids
+            if known.get(u, (None, 0.0))[1] <= clock and unknown.get(u, 0.0) <= clock
+        }  # fmt: skip
         if wanted:
+            for uid in wanted:
+                known.pop(uid, None)
             async with engine.connect() as conn:
                 rows = await conn.execute(
                     select(devices, tenants.c.timezone.label("tenant_timezone"))
@@ -81,11 +92,11 @@ class DeviceRegistry:
                     .where(devices.c.uid.in_(wanted), devices.c.status == "active")
                 )
                 for row in rows:
-                    self._known[row.uid] = _device(row)
+                    known[row.uid] = (_device(row), clock + self._known_ttl)
                     self.tenant_zones[row.tenant_id] = row.tenant_timezone
-            for uid in wanted - self._known.keys():
-                self._unknown[uid] = clock + self._ttl
-        return {u: self._known[u] for u in uids if u in self._known}
+            for uid in wanted - known.keys():
+                unknown[uid] = clock + self._unknown_ttl
+        return {u: known[u][0] for u in uids if u in known}
 
     async def register(self, engine: AsyncEngine, uids: Iterable[str]) -> dict[str, Device]:
         """Auto-register ``uids`` into the default tenant (idempotent)."""
