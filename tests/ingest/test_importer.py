@@ -278,13 +278,28 @@ async def test_whole_file_problems_raise_before_importing(
         detect_format(tmp_path / "data.xlsx")
     assert detect_format(tmp_path / "data.txt", "NDJSON") == "jsonl"
     assert detect_format(tmp_path / "DATA.CSV") == "csv"
-    try:
-        import pyarrow  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        parquet = tmp_path / "data.parquet"
-        parquet.write_bytes(b"PAR1")
-        with pytest.raises(ValueError, match="pip install pyarrow"):
-            await import_file(pipeline, parquet, device="x")
+
+
+async def test_parquet_import(engine: AsyncEngine, db_url: str, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    [uid] = await make_devices(engine)
+    t0 = base_s()
+    table = pa.table(
+        {
+            "device": [uid, uid, uid],
+            "ts": [t0 * 1000, (t0 + 60) * 1000, (t0 + 120) * 1000],
+            "temperature": [20.5, None, 6000.0],
+            "humidity": [40.0, 41.0, 42.0],
+        }
+    )
+    path = tmp_path / "history.parquet"
+    pq.write_table(table, path)
+    first, again = await import_twice(engine, db_url, path)
+    assert first.accepted == 4 and first.rejected_by_reason == {"out_of_range": 1}
+    assert again.stored == 0
+    assert (await stored(engine, uid))[("temperature", t0 * US_PER_S)] == 20.5
 
 
 def test_cli_import(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
