@@ -7,8 +7,6 @@ always exists, even when the batch that first used it rolls back.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -17,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from telemetra.credentials import mosquitto_hash, new_token, token_hash
 from telemetra.model import Device, valid_device_uid
 from telemetra.store.schema import DEFAULT_TENANT, devices, metric_rules, metrics, tenants
 
@@ -128,11 +127,6 @@ async def default_tenant_id(conn: AsyncConnection) -> int:
     return int(tenant_id)
 
 
-def hash_token(token: str) -> str:
-    """Device tokens are long random secrets: a fast hash suffices (argon2 is for passwords)."""
-    return "sha256$" + hashlib.sha256(token.encode()).hexdigest()
-
-
 async def create_tenant(conn: AsyncConnection, name: str, timezone: str | None = None) -> int:
     """Create a tenant; ValueError when the name is taken."""
     if await conn.scalar(select(tenants.c.id).where(tenants.c.name == name)) is not None:
@@ -171,12 +165,12 @@ async def create_device(
         )
     if await conn.scalar(select(devices.c.id).where(devices.c.uid == uid)) is not None:
         raise ValueError(f"device {uid!r} already exists")
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     await conn.execute(
         devices.insert().values(
             tenant_id=tenant_id, uid=uid, name=name or uid, type=type, timezone=timezone,
-            metadata=metadata or {}, status="active", token_hash=hash_token(token),
-            created_at=now_us(),
+            metadata=metadata or {}, status="active", token_hash=token_hash(token),
+            broker_hash=mosquitto_hash(token), created_at=now_us(),
         )
     )  # fmt: skip
     return token

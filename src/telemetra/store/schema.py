@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -52,6 +53,7 @@ devices = Table(
     Column("status", String(16), nullable=False, default="active"),
     Column("last_seen", BigInteger),
     Column("token_hash", String(128)),
+    Column("broker_hash", String(256)),  # Mosquitto password-file form of the same token
     Column("clock_offset_us", BigInteger),
     Column("created_at", BigInteger, nullable=False),
 )
@@ -161,6 +163,19 @@ dead_letters = Table(
     Column("received_at", BigInteger, nullable=False),
 )
 Index("ix_dead_letters_tenant_id", dead_letters.c.tenant_id, dead_letters.c.id)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("username", String(200), nullable=False, unique=True),
+    Column("password_hash", String(256), nullable=False),  # argon2
+    Column("role", String(16), nullable=False),  # admin | owner | operator | viewer
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+Index("ix_users_tenant", users.c.tenant_id)
 
 # Running per-device counters: accepted, duplicate, conflict, late, out_of_order,
 # rejected:<reason>, ... (one row per device and counter).
