@@ -25,6 +25,8 @@ tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
 device_app = typer.Typer(help="Manage devices.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(device_app, name="device")
+user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
 rule_app = typer.Typer(help="Manage cleaning rules (valid range, unit, kind per metric).")
 app.add_typer(rule_app, name="rule")
 console = Console(stderr=True)
@@ -274,6 +276,57 @@ def rule_list() -> None:
             show(row.max_value), show(row.unit), show(row.kind),
         )  # fmt: skip
     out.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (TELEMETRA_API_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (TELEMETRA_API_PORT)")] = None,
+) -> None:
+    """Run the HTTP API (OpenAPI at /docs) with device HTTP ingest."""
+    import uvicorn
+
+    from telemetra.api.app import create_app
+
+    config = settings()
+    try:
+        api = create_app(config)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    uvicorn.run(
+        api, host=host or config.api_host, port=port or config.api_port, log_config=None,
+        proxy_headers=True,
+    )  # fmt: skip
+
+
+@user_app.command("create")
+def user_create(
+    username: str,
+    role: Annotated[str, typer.Option(help="admin, owner, operator or viewer")] = "viewer",
+    tenant: Annotated[str, typer.Option(help="tenant name")] = "default",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from standard input")
+    ] = False,
+) -> None:
+    """Create a user (the first one: --role admin). Asks for the password."""
+    from telemetra.api.auth import hash_password
+    from telemetra.store.catalog import create_user, tenant_id_by_name
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        raise fail("the password needs at least 8 characters")
+    hashed = hash_password(password)
+
+    async def create(conn: Any) -> int:
+        return await create_user(
+            conn, await tenant_id_by_name(conn, tenant), username, hashed, role
+        )
+
+    user_id = in_database(create, write=True)
+    console.print(f"user {username!r} ({role}) created in tenant {tenant!r} (id {user_id})")
 
 
 @app.command("sim")

@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     )
     default_timezone: str = "UTC"
     auto_register: bool = False
+    secret_key: str | None = Field(
+        None, description="signs user tokens; at least 32 characters outside demo mode"
+    )
+    token_ttl_s: int = Field(3600, ge=60, description="lifetime of user access tokens")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    max_request_bytes: int = Field(1024 * 1024, ge=1024, description="HTTP ingest body limit")
+    demo: bool = False
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = "INFO"
 

@@ -637,6 +637,7 @@ class Pipeline:
         inbox: Inbox,
         done: Callable[[list[Outcome]], None],
         stop: asyncio.Event,
+        max_wait_s: float | None = None,
     ) -> None:
         """Take batches from ``inbox`` until ``stop`` is set; ``done`` acknowledges them.
 
@@ -645,7 +646,7 @@ class Pipeline:
         then it is left unacknowledged, for the broker to deliver again.
         """
         self.stopping = stop
-        max_wait = self.settings.batch_max_wait_ms / 1000
+        max_wait = self.settings.batch_max_wait_ms / 1000 if max_wait_s is None else max_wait_s
         prepared: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=1)
 
         async def writer() -> None:

@@ -11,13 +11,26 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telemetra.credentials import mosquitto_hash, new_token, token_hash
 from telemetra.model import Device, valid_device_uid
-from telemetra.store.schema import DEFAULT_TENANT, devices, metric_rules, metrics, tenants
+from telemetra.store.schema import (
+    DEFAULT_TENANT,
+    device_quality,
+    devices,
+    event_times,
+    latest,
+    metric_rules,
+    metrics,
+    readings,
+    rollup_1h,
+    rollup_1m,
+    tenants,
+    users,
+)
 
 
 def now_us() -> int:
@@ -228,3 +241,90 @@ async def list_rules(conn: AsyncConnection) -> list[Any]:
         .order_by(metric_rules.c.metric, metric_rules.c.device_type, metric_rules.c.tenant_id)
     )
     return list((await conn.execute(query)).all())
+
+
+async def get_device(conn: AsyncConnection, uid: str, tenant_id: int | None) -> Any:
+    """A device row by uid, within ``tenant_id`` (None: any tenant); None when not visible."""
+    query = select(devices).where(devices.c.uid == uid)
+    if tenant_id is not None:
+        query = query.where(devices.c.tenant_id == tenant_id)
+    return (await conn.execute(query)).one_or_none()
+
+
+async def device_by_token(conn: AsyncConnection, token: str) -> Any:
+    """The active device a token belongs to, or None."""
+    row = (
+        await conn.execute(select(devices).where(devices.c.token_hash == token_hash(token)))
+    ).one_or_none()
+    return row if row is not None and row.status == "active" else None
+
+
+async def find_devices(
+    conn: AsyncConnection,
+    tenant_id: int | None,
+    *,
+    status: str | None = None,
+    type: str | None = None,
+    text: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Any]:
+    """Devices of a tenant (None: all), filtered, by uid, one page."""
+    query = select(devices).order_by(devices.c.uid).limit(limit).offset(offset)
+    if tenant_id is not None:
+        query = query.where(devices.c.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(devices.c.status == status)
+    if type is not None:
+        query = query.where(devices.c.type == type)
+    if text:
+        pattern = f"%{text.lower()}%"
+        query = query.where(
+            func.lower(devices.c.uid).like(pattern) | func.lower(devices.c.name).like(pattern)
+        )
+    return list((await conn.execute(query)).all())
+
+
+async def update_device(conn: AsyncConnection, device_id: int, changes: dict[str, Any]) -> None:
+    """Change a device's editable fields (name, type, timezone, metadata, status)."""
+    if changes:
+        await conn.execute(devices.update().where(devices.c.id == device_id).values(**changes))
+
+
+async def rotate_token(conn: AsyncConnection, device_id: int) -> str:
+    """Give a device a new token (the old one stops working); returns it once."""
+    token = new_token()
+    await conn.execute(
+        devices.update()
+        .where(devices.c.id == device_id)
+        .values(token_hash=token_hash(token), broker_hash=mosquitto_hash(token))
+    )
+    return token
+
+
+async def delete_device(conn: AsyncConnection, device_id: int) -> None:
+    """Delete a device with its readings, rollups, latest values and quality record."""
+    for table in (readings, rollup_1m, rollup_1h, latest, device_quality, event_times):
+        await conn.execute(table.delete().where(table.c.device_id == device_id))
+    await conn.execute(devices.delete().where(devices.c.id == device_id))
+
+
+async def create_user(
+    conn: AsyncConnection, tenant_id: int, username: str, password_hash: str, role: str
+) -> int:
+    """Create a user (the password arrives hashed); ValueError when the name is taken."""
+    if role not in ("admin", "owner", "operator", "viewer"):
+        raise ValueError(f"role must be admin, owner, operator or viewer, not {role!r}")
+    if not username or len(username) > 200 or not username.isprintable():
+        raise ValueError("username must be 1–200 printable characters")
+    if await conn.scalar(select(users.c.id).where(users.c.username == username)) is not None:
+        raise ValueError(f"user {username!r} already exists")
+    result = await conn.execute(
+        users.insert()
+        .values(
+            tenant_id=tenant_id, username=username, password_hash=password_hash, role=role,
+            disabled=False, created_at=now_us(),
+        )
+        .returning(users.c.id)
+    )  # fmt: skip
+    return int(result.scalar_one())

@@ -58,6 +58,7 @@ devices = Table(
     Column("created_at", BigInteger, nullable=False),
 )
 Index("ix_devices_tenant", devices.c.tenant_id, devices.c.uid)
+Index("ix_devices_token_hash", devices.c.token_hash, unique=True)
 
 metrics = Table(
     "metrics",

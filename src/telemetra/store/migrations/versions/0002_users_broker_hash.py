@@ -19,6 +19,8 @@ Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def upgrade() -> None:
     with op.batch_alter_table("devices") as batch:
         batch.add_column(sa.Column("broker_hash", sa.String(256)))
+    # Device requests authenticate by token: its hash is looked up on every request.
+    op.create_index("ix_devices_token_hash", "devices", ["token_hash"], unique=True)
     op.create_table(
         "users",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
@@ -34,5 +36,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("users")
+    op.drop_index("ix_devices_token_hash", "devices")
     with op.batch_alter_table("devices") as batch:
         batch.drop_column("broker_hash")

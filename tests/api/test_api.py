@@ -1,0 +1,213 @@
+"""The HTTP API in-process (httpx + ASGI) on SQLite and PostgreSQL: auth, roles, tenants,
+devices, HTTP ingest, one error shape."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import jwt
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from telemetra.api.app import create_app
+from telemetra.api.auth import hash_password
+from telemetra.config import Settings
+from telemetra.store.catalog import create_tenant, create_user
+
+SECRET = "k" * 48
+PASSWORD = "correct horse battery staple"
+_HASH = hash_password(PASSWORD)  # argon2 is slow on purpose: hash once for all users
+
+
+@dataclass
+class World:
+    client: httpx.AsyncClient
+    tenant_a: str
+    tenant_b: str
+    tokens: dict[str, str]  # "a-operator" -> bearer token
+
+    def auth(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+
+@pytest.fixture
+async def world(engine: AsyncEngine, db_url: str) -> AsyncIterator[World]:
+    settings = Settings(database_url=db_url, secret_key=SECRET, max_request_bytes=4096)
+    app = create_app(settings, engine)
+    tag = uuid.uuid4().hex[:8]
+    names = {"a": f"a-{tag}", "b": f"b-{tag}"}
+    async with engine.begin() as conn:
+        for key, name in names.items():
+            tenant_id = await create_tenant(conn, name)
+            for role in ("owner", "operator", "viewer"):
+                await create_user(conn, tenant_id, f"{key}-{role}-{tag}", _HASH, role)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        tokens = {}
+        for key in names:
+            for role in ("owner", "operator", "viewer"):
+                reply = await client.post(
+                    "/api/v1/auth/token",
+                    data={"username": f"{key}-{role}-{tag}", "password": PASSWORD},
+                )
+                assert reply.status_code == 200, reply.text
+                tokens[f"{key}-{role}"] = reply.json()["access_token"]
+        yield World(client, names["a"], names["b"], tokens)
+
+
+def assert_error(reply: httpx.Response, status: int, code: str) -> None:
+    assert reply.status_code == status, reply.text
+    body = reply.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code
+    assert body["error"]["message"]
+
+
+async def test_health_ready_and_login(world: World) -> None:
+    c = world.client
+    assert (await c.get("/health")).json() == {"status": "ok"}
+    ready = await c.get("/ready")
+    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+    me = await c.get("/api/v1/auth/me", headers=world.auth("a-operator"))
+    assert me.json()["role"] == "operator"
+    wrong = await c.post("/api/v1/auth/token", data={"username": "nobody", "password": "x"})
+    assert_error(wrong, 401, "unauthorized")
+    assert_error(await c.get("/api/v1/auth/me"), 401, "unauthorized")
+    assert_error(await c.get("/api/v1/nothing-here"), 404, "not_found")
+
+
+async def test_forged_tokens_are_refused(world: World) -> None:
+    good = jwt.decode(world.tokens["a-owner"], SECRET, algorithms=["HS256"], issuer="telemetra")
+    forged = {
+        "alg none": jwt.encode({**good, "role": "admin"}, key=None, algorithm="none"),
+        "wrong key": jwt.encode({**good, "role": "admin"}, "x" * 48, algorithm="HS256"),
+        "expired": jwt.encode({**good, "exp": int(time.time()) - 10}, SECRET, algorithm="HS256"),
+        "no issuer": jwt.encode(
+            {k: v for k, v in good.items() if k != "iss"}, SECRET, algorithm="HS256"
+        ),
+        "tampered": world.tokens["a-owner"][:-4] + "AAAA",
+    }
+    for name, token in forged.items():
+        reply = await world.client.get(
+            "/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert reply.status_code == 401, name
+
+
+async def test_devices_roles_tenants_and_mass_assignment(world: World) -> None:
+    c = world.client
+    uid = f"dev-{uuid.uuid4().hex[:8]}"
+    assert_error(
+        await c.post("/api/v1/devices", json={"uid": uid}, headers=world.auth("a-viewer")),
+        403,
+        "forbidden",
+    )
+    made = await c.post(
+        "/api/v1/devices",
+        json={"uid": uid, "type": "climate", "metadata": {"firmware": "1.0"}},
+        headers=world.auth("a-operator"),
+    )
+    assert made.status_code == 201 and len(made.json()["token"]) >= 43
+    assert_error(
+        await c.post("/api/v1/devices", json={"uid": uid}, headers=world.auth("a-operator")),
+        409,
+        "conflict",
+    )
+    assert_error(
+        await c.post("/api/v1/devices", json={"uid": "a/b"}, headers=world.auth("a-operator")),
+        422,
+        "invalid_request",
+    )
+    sneaky = await c.patch(
+        f"/api/v1/devices/{uid}", json={"tenant_id": 1}, headers=world.auth("a-operator")
+    )
+    assert_error(sneaky, 422, "invalid_request")
+    edited = await c.patch(
+        f"/api/v1/devices/{uid}",
+        json={"name": "Greenhouse", "timezone": "Europe/Berlin"},
+        headers=world.auth("a-operator"),
+    )
+    assert edited.json()["name"] == "Greenhouse"
+    listed = await c.get("/api/v1/devices?q=greenhouse", headers=world.auth("a-viewer"))
+    assert [d["uid"] for d in listed.json()["items"]] == [uid]
+    assert "token" not in listed.json()["items"][0]
+
+    # Another tenant sees nothing and can change nothing: 404 exactly like a missing device.
+    for who in ("b-owner", "b-operator", "b-viewer"):
+        h = world.auth(who)
+        assert_error(await c.get(f"/api/v1/devices/{uid}", headers=h), 404, "not_found")
+        assert (await c.get("/api/v1/devices", headers=h)).json()["items"] == []
+        for method, path in (("PATCH", ""), ("DELETE", ""), ("POST", "/token")):
+            reply = await c.request(
+                method,
+                f"/api/v1/devices/{uid}{path}",
+                headers=h,
+                json={} if method == "PATCH" else None,
+            )
+            assert reply.status_code in (403, 404), (who, method)
+    missing = await c.get("/api/v1/devices/no-such-device", headers=world.auth("b-owner"))
+    assert missing.json()["error"]["message"].startswith("no device")
+
+    rotated = await c.post(f"/api/v1/devices/{uid}/token", headers=world.auth("a-operator"))
+    old, new = made.json()["token"], rotated.json()["token"]
+    assert_error(
+        await c.post("/api/v1/ingest", json={"t": 1}, headers={"X-API-Key": old}),
+        401,
+        "unauthorized",
+    )
+    ok = await c.post("/api/v1/ingest", json={"t": 1}, headers={"X-API-Key": new})
+    assert ok.json()["accepted"] == 1
+    assert (
+        await c.delete(f"/api/v1/devices/{uid}", headers=world.auth("a-operator"))
+    ).status_code == 204
+    assert_error(
+        await c.get(f"/api/v1/devices/{uid}", headers=world.auth("a-owner")), 404, "not_found"
+    )
+
+
+async def test_http_ingest_reports_each_rejection(world: World) -> None:
+    c = world.client
+    uid = f"dev-{uuid.uuid4().hex[:8]}"
+    made = await c.post("/api/v1/devices", json={"uid": uid}, headers=world.auth("a-owner"))
+    token = made.json()["token"]
+    now_ms = int(time.time() * 1000) - 1000
+    reply = await c.post(
+        "/api/v1/ingest",
+        json=[{"ts": now_ms, "temperature": 21.5}, {"ts": now_ms + 1, "temperature": 6000}],
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    body = reply.json()
+    assert body["accepted"] == 1
+    assert body["rejected"][0]["index"] == 1 and body["rejected"][0]["reason"] == "out_of_range"
+
+    again = await c.post(f"/api/v1/{token}/telemetry", json={"ts": now_ms, "temperature": 21.5})
+    assert again.json() == {"accepted": 1, "rejected": [], "event_ids": []}  # a redelivery
+
+    batch = await c.post(
+        "/api/v1/ingest/batch",
+        json=[{"ts": now_ms + 5, "h": 40}, {"event_id": "x", "ts": "yesterday", "h": 1}],
+        headers={"X-API-Key": token},
+    )
+    results = batch.json()["results"]
+    assert results[0]["accepted"] == 1 and results[1]["rejected"][0]["reason"] == "bad_timestamp"
+    too_big = await c.post(
+        "/api/v1/ingest", content=b"[" + b"1," * 4000 + b"1]", headers={"X-API-Key": token}
+    )
+    assert_error(too_big, 413, "payload_too_large")
+    assert_error(
+        await c.post("/api/v1/ingest", json={"t": 1}, headers={"X-API-Key": "nope"}),
+        401,
+        "unauthorized",
+    )
+
+
+def test_serve_refuses_a_weak_secret() -> None:
+    with pytest.raises(ValueError, match=r"secrets\.token_urlsafe"):
+        create_app(Settings(secret_key="short"))
+    create_app(Settings(demo=True))  # the demo may run without one
