@@ -110,3 +110,22 @@ def test_cleaning_rules_are_data(sqlite_env: dict[str, str]) -> None:
     assert code == 1 and "above --max" in out
     code, out = invoke(sqlite_env, "rule", "set", "level", "--kind", "sum")
     assert code == 1 and "gauge or counter" in out
+
+
+def test_serve_refuses_a_weak_key_and_users_are_created(sqlite_env: dict[str, str]) -> None:
+    code, out = invoke({**sqlite_env, "TELEMETRA_SECRET_KEY": "short"}, "serve")
+    assert code == 1 and "secrets.token_urlsafe" in out
+    result = runner.invoke(
+        app, ["user", "create", "root", "--role", "admin", "--password-stdin"],
+        input="a long enough password\n", env=sqlite_env,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app, ["user", "create", "root", "--password-stdin"], input="another password\n",
+        env=sqlite_env,
+    )  # fmt: skip
+    assert result.exit_code == 1 and "already exists" in result.output
+    result = runner.invoke(
+        app, ["user", "create", "x", "--password-stdin"], input="short\n", env=sqlite_env
+    )
+    assert result.exit_code == 1 and "at least 8" in result.output
