@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra import __version__
-from telemetra.api import auth, devices, errors, health, ingest
+from telemetra.api import accounts, auth, devices, errors, health, ingest, telemetry
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Pipeline
 
@@ -61,8 +61,10 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
     errors.install(app)
     api = APIRouter(prefix="/api/v1")
     api.include_router(auth.router)
+    api.include_router(accounts.router)
     api.include_router(devices.router)
-    api.include_router(ingest.router)
+    api.include_router(telemetry.router)
+    api.include_router(ingest.router)  # last: its /{device_token}/telemetry matches broadly
     app.include_router(health.router)
     app.include_router(api)
     return app

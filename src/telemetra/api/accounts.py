@@ -1,0 +1,7 @@
+"""Tenants and users."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["tenants and users"])

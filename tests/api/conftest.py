@@ -1,0 +1,17 @@
+"""API fixtures (helpers in ``api_fixtures``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api_fixtures import World, make_world
+
+
+@pytest.fixture
+async def world(engine: AsyncEngine, db_url: str) -> AsyncIterator[World]:
+    """Two tenants, three logged-in users each, the app running in-process."""
+    async for made in make_world(engine, db_url):
+        yield made
