@@ -136,6 +136,11 @@ def ingest() -> None:
     except ValueError as error:
         raise fail(str(error)) from None
 
+    if config.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port, addr=config.api_host)
+
     async def go() -> None:
         stop = asyncio.Event()
         install_stop(stop)

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535)
     max_request_bytes: int = Field(1024 * 1024, ge=1024, description="HTTP ingest body limit")
     demo: bool = False
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="`telemetra ingest`: serve Prometheus metrics here"
+    )
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = "INFO"
 

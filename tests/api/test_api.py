@@ -157,3 +157,15 @@ def test_serve_refuses_a_weak_secret() -> None:
     with pytest.raises(ValueError, match=r"secrets\.token_urlsafe"):
         create_app(Settings(secret_key="short"))
     create_app(Settings(demo=True))  # the demo may run without one
+
+
+async def test_prometheus_metrics(world: World) -> None:
+    c = world.client
+    made = await c.post("/api/v1/devices", json={"uid": "m-1"}, headers=world.auth("a-owner"))
+    token = made.json()["token"]
+    await c.post("/api/v1/ingest", json={"temperature": 6000, "h": 1}, headers={"X-API-Key": token})
+    text = (await c.get("/metrics")).text
+    assert 'telemetra_ingest_rejections_total{reason="out_of_range"}' in text
+    assert 'telemetra_ingest_messages_total{source="http"}' in text
+    assert "telemetra_ingest_batch_commit_seconds_bucket" in text
+    assert 'route="/api/v1/devices"' in text and 'route="/api/v1/ingest"' in text

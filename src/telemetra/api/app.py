@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra import __version__
 from telemetra.api import accounts, auth, devices, errors, health, ingest, telemetry
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Pipeline
+from telemetra.metrics import HTTP_SECONDS
 
 WEAK_KEY = (
     "TELEMETRA_SECRET_KEY is missing or shorter than 32 characters; make one with "
@@ -28,6 +32,33 @@ def check_secret(settings: Settings) -> str:
             raise ValueError(WEAK_KEY)
         key = key or "demo-only-secret-key-never-for-production-use!"
     return key
+
+
+def _route_template(request: Request) -> str:
+    """The matched route's path template (bounded label values, never raw paths)."""
+    context = request.scope.get("fastapi", {}).get("effective_route_context")
+    template = getattr(context, "path_format", None)  # the full path of an included route
+    if template is None:
+        template = getattr(request.scope.get("route"), "path", None)
+    return str(template) if template else "unmatched"
+
+
+def _observe(app: FastAPI) -> None:
+    """Prometheus text at /metrics, and a latency histogram per route template."""
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def timed(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        template = _route_template(request)
+        HTTP_SECONDS.labels(request.method, template, response.status_code).observe(
+            time.perf_counter() - started
+        )
+        return response
 
 
 def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI:
@@ -59,6 +90,7 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
     app.state.settings = settings
     app.state.secret_key = secret
     errors.install(app)
+    _observe(app)
     api = APIRouter(prefix="/api/v1")
     api.include_router(auth.router)
     api.include_router(accounts.router)

@@ -23,6 +23,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from telemetra import metrics as prometheus
 from telemetra.config import Settings
 from telemetra.ingest.clean import (
     DeviceState,
@@ -539,6 +540,11 @@ class Pipeline:
         self.stats["messages"] += len(works)
         self.stats["readings"] += result.inserted
         self.stats["rejections"] += len(letters)
+        for work in works:
+            prometheus.MESSAGES.labels(work.message.source).inc()
+        prometheus.READINGS.inc(result.inserted)
+        for letter in letters:
+            prometheus.REJECTIONS.labels(letter["reason"]).inc()
         outcomes = [w.outcome for w in works]
         if self.listeners:
             stored_before = {(e.device_id, e.metric_id, e.ts) for e in result.existing}
@@ -568,6 +574,7 @@ class Pipeline:
                 if self.stopping.is_set():
                     raise Abandoned(f"stopping with {size} messages not stored") from error
                 self.stats["db_retries"] += 1
+                prometheus.DB_RETRIES.inc()
                 log.warning(
                     "database unavailable; holding the batch and retrying",
                     messages=size, retry_in_s=round(delay, 1), error=str(error)[:200],
@@ -597,6 +604,7 @@ class Pipeline:
         try:
             outcomes = await self._retrying(lambda: self.commit(batch), len(batch.works))
             self.timings["commit_s"] += time.perf_counter() - started
+            prometheus.BATCH_SECONDS.observe(time.perf_counter() - started)
             self.timings["batches"] += 1
             return outcomes
         except Abandoned:
@@ -744,6 +752,7 @@ class Inbox:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._filled.wait(), max_wait)
         batch = [self._items.popleft() for _ in range(min(most, len(self._items)))]
+        prometheus.QUEUE_DEPTH.set(len(self._items))
         if self.on_drained is not None:
             self.on_drained()
         return batch

@@ -1,0 +1,28 @@
+"""Prometheus metrics: what flows through ingest and how the API answers."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES = Counter(
+    "telemetra_ingest_messages_total", "Messages processed by the pipeline", ["source"]
+)
+READINGS = Counter("telemetra_ingest_readings_total", "Readings stored (new rows)")
+REJECTIONS = Counter(
+    "telemetra_ingest_rejections_total", "Rejected messages or values, by reason", ["reason"]
+)
+BATCH_SECONDS = Histogram(
+    "telemetra_ingest_batch_commit_seconds",
+    "Time to commit one batch (readings, rollups, quality, dead letters)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+QUEUE_DEPTH = Gauge("telemetra_ingest_queue_depth", "Messages received, not yet in a batch")
+DB_RETRIES = Counter(
+    "telemetra_ingest_db_retries_total", "Batch attempts that found the database unavailable"
+)
+HTTP_SECONDS = Histogram(
+    "telemetra_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
