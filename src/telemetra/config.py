@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     max_request_bytes: int = Field(1024 * 1024, ge=1024, description="HTTP ingest body limit")
+    rate_limit_device_per_s: float = Field(
+        20.0, ge=0, description="HTTP ingest requests per device token and second (0: off)"
+    )
+    rate_limit_user_per_s: float = Field(
+        20.0, ge=0, description="API requests per user and second (0: off)"
+    )
+    rate_limit_burst: float = Field(60.0, ge=1, description="requests allowed in a burst")
     demo: bool = False
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="`telemetra ingest`: serve Prometheus metrics here"

@@ -1,7 +1,373 @@
-"""Tenants and users."""
+"""Tenants and users: platform admins manage tenants; owners manage the users of their tenant.
+
+Every endpoint here re-reads the caller's account on each request (``active_caller``), so a
+disabled, deleted or demoted user's still-unexpired token stops working at once.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import IntegrityError
+
+from telemetra.api.auth import Caller, current_caller, hash_password, password_matches
+from telemetra.api.errors import ApiError
+from telemetra.ingest.timestamps import format_us
+from telemetra.store import catalog
 
 router = APIRouter(tags=["tenants and users"])
+
+Role = Literal["viewer", "operator", "owner", "admin"]
+NAME_TAKEN = "this username is not available; choose another"
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024  # argon2 hashes any length; a cap keeps requests cheap
+
+
+# --- who is calling: the token, checked against the account as it is now ---
+
+
+async def active_caller(
+    request: Request, caller: Annotated[Caller, Depends(current_caller)]
+) -> Caller:
+    """The caller, if their account still exists and is enabled; role and tenant as stored now."""
+    async with request.app.state.engine.connect() as conn:
+        row = await catalog.get_user(conn, caller.user_id, None)
+    if row is None or row.disabled or row.username != caller.username:
+        raise ApiError(
+            401,
+            "this token's account is disabled or no longer exists",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return Caller(row.id, row.username, row.tenant_id, row.role)
+
+
+def require(minimum: str) -> Any:
+    """Like ``auth.role``, but on the account as stored now (see ``active_caller``)."""
+
+    async def check(caller: Annotated[Caller, Depends(active_caller)]) -> Caller:
+        if not caller.at_least(minimum):
+            raise ApiError(403, f"this needs the {minimum} role or higher")
+        return caller
+
+    return Depends(check)
+
+
+# --- models ---
+
+
+def _clean_name(value: str) -> str:
+    if value != value.strip() or not value.isprintable():
+        raise ValueError("must be printable, without spaces at the ends")
+    return value
+
+
+def _zone(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError, OSError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name") from None
+    return value
+
+
+class TenantIn(BaseModel):
+    """A new tenant."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "acme", "timezone": "UTC"}]}
+    )
+
+    name: str = Field(min_length=1, max_length=100, examples=["acme"])
+    timezone: str | None = Field(
+        None,
+        examples=["Europe/Berlin"],
+        description="IANA name; how naive device timestamps are read unless a device says",
+    )
+
+    _check_name = field_validator("name")(_clean_name)
+    _check_zone = field_validator("timezone")(_zone)
+
+
+class TenantOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"id": 2, "name": "acme", "timezone": None, "created_at": "2026-01-05T10:00:00Z"}
+            ]
+        }
+    )
+
+    id: int
+    name: str
+    timezone: str | None
+    created_at: str
+
+
+class TenantPage(BaseModel):
+    items: list[TenantOut]
+    next_offset: int | None = Field(description="pass as offset for the next page; null: last")
+
+
+def _password(*default: None) -> Any:
+    return Field(
+        *default,
+        min_length=MIN_PASSWORD,
+        max_length=MAX_PASSWORD,
+        description=f"at least {MIN_PASSWORD} characters; stored only as an argon2 hash",
+        json_schema_extra={"format": "password", "writeOnly": True},
+    )
+
+
+class UserIn(BaseModel):
+    """A new user. Owners create users in their own tenant (never admins); admins anywhere."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"username": "maria", "password": "a long passphrase", "role": "operator"}]
+        },
+    )
+
+    username: str = Field(min_length=1, max_length=200, examples=["maria"])
+    password: str = _password()
+    role: Role = Field("viewer", examples=["operator"])
+    tenant: str | None = Field(
+        None, examples=["acme"], description="tenant name; default: the caller's (admins only)"
+    )
+
+    _check_name = field_validator("username")(_clean_name)
+
+
+class UserPatch(BaseModel):
+    """Changes to a user. Owners and admins: role, disabled, password. Anyone: their own
+    password (with ``current_password``). Nobody changes their own role or disables themselves;
+    any other field (tenant, username, id) is refused."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"role": "viewer"}, {"disabled": True}]},
+    )
+
+    role: Role | None = Field(None, examples=["viewer"])
+    disabled: bool | None = Field(None, description="a disabled user cannot log in; tokens stop")
+    password: str | None = _password(None)
+    current_password: str | None = Field(
+        None,
+        max_length=MAX_PASSWORD,
+        description="required to change your own password",
+        json_schema_extra={"format": "password", "writeOnly": True},
+    )
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"id": 7, "username": "maria", "tenant_id": 2, "tenant": "acme",
+                 "role": "operator", "disabled": False, "created_at": "2026-01-05T10:00:00Z"}
+            ]
+        }
+    )  # fmt: skip
+
+    id: int
+    username: str
+    tenant_id: int
+    tenant: str
+    role: Role
+    disabled: bool
+    created_at: str
+
+
+class UserPage(BaseModel):
+    items: list[UserOut]
+    next_offset: int | None = Field(description="pass as offset for the next page; null: last")
+
+
+def _tenant(row: Any) -> TenantOut:
+    return TenantOut(
+        id=row.id, name=row.name, timezone=row.timezone, created_at=format_us(row.created_at)
+    )
+
+
+def _user(row: Any) -> UserOut:  # never the password hash
+    return UserOut(
+        id=row.id, username=row.username, tenant_id=row.tenant_id, tenant=row.tenant,
+        role=row.role, disabled=bool(row.disabled), created_at=format_us(row.created_at),
+    )  # fmt: skip
+
+
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+# --- tenants ---
+
+
+@router.get("/tenants", response_model=TenantPage)
+async def list_tenants(
+    request: Request,
+    caller: Annotated[Caller, require("viewer")],
+    q: Annotated[str | None, Query(description="text in the name")] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> TenantPage:
+    """Tenants by name: all of them for admins, otherwise only the caller's own."""
+    scope = None if caller.role == "admin" else caller.tenant_id
+    async with request.app.state.engine.connect() as conn:
+        rows = await catalog.find_tenants(conn, scope, text=q, limit=limit + 1, offset=offset)
+    return TenantPage(
+        items=[_tenant(r) for r in rows[:limit]],
+        next_offset=offset + limit if len(rows) > limit else None,
+    )
+
+
+@router.post("/tenants", response_model=TenantOut, status_code=201)
+async def create_tenant(
+    request: Request, body: TenantIn, caller: Annotated[Caller, require("admin")]
+) -> TenantOut:
+    """Create a tenant (platform admins only); names are unique."""
+    try:
+        async with request.app.state.engine.begin() as conn:
+            tenant_id = await catalog.create_tenant(conn, body.name, body.timezone)
+            row = await catalog.get_tenant(conn, tenant_id)
+    except (ValueError, IntegrityError):
+        raise ApiError(409, f"tenant {body.name!r} already exists") from None
+    return _tenant(row)
+
+
+# --- users ---
+
+
+async def _tenant_named(request: Request, name: str) -> int | None:
+    async with request.app.state.engine.connect() as conn:
+        try:
+            return await catalog.tenant_id_by_name(conn, name)
+        except LookupError:
+            return None
+
+
+async def _visible_user(request: Request, caller: Caller, user_id: int) -> Any:
+    scope = None if caller.role == "admin" else caller.tenant_id
+    async with request.app.state.engine.connect() as conn:
+        row = await catalog.get_user(conn, user_id, scope)
+    if row is None:  # another tenant's user answers exactly like a missing one
+        raise ApiError(404, f"no user {user_id}")
+    return row
+
+
+def _guard_admin(caller: Caller, target: Any) -> None:
+    if target.role == "admin" and caller.role != "admin":
+        raise ApiError(403, "only platform admins can change or delete an admin")
+
+
+@router.get("/users", response_model=UserPage)
+async def list_users(
+    request: Request,
+    caller: Annotated[Caller, require("owner")],
+    tenant: Annotated[str | None, Query(description="tenant name (admins)")] = None,
+    q: Annotated[str | None, Query(description="text in the username")] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> UserPage:
+    """Users by username: of the caller's tenant for owners; of all or one tenant for admins."""
+    scope = None if caller.role == "admin" else caller.tenant_id
+    if tenant is not None:
+        wanted = await _tenant_named(request, tenant)
+        if wanted is None or (scope is not None and wanted != scope):
+            raise ApiError(404, f"no tenant named {tenant!r}")
+        scope = wanted
+    async with request.app.state.engine.connect() as conn:
+        rows = await catalog.find_users(conn, scope, text=q, limit=limit + 1, offset=offset)
+    return UserPage(
+        items=[_user(r) for r in rows[:limit]],
+        next_offset=offset + limit if len(rows) > limit else None,
+    )
+
+
+@router.post("/users", response_model=UserOut, status_code=201)
+async def create_user(
+    request: Request, body: UserIn, caller: Annotated[Caller, require("owner")]
+) -> UserOut:
+    """Create a user; the password is stored only as an argon2 hash and never returned.
+
+    Usernames are unique across all tenants (login is by username alone)."""
+    admin = caller.role == "admin"
+    if body.role == "admin" and not admin:
+        raise ApiError(403, "only platform admins can create admins")
+    tenant_id = caller.tenant_id
+    if body.tenant is not None:
+        found = await _tenant_named(request, body.tenant)
+        if not admin and found != caller.tenant_id:
+            raise ApiError(403, "owners create users only in their own tenant")
+        if found is None:
+            raise ApiError(422, f"no tenant named {body.tenant!r}", details=[{"field": "tenant"}])
+        tenant_id = found
+    async with request.app.state.engine.connect() as conn:
+        if await catalog.username_taken(conn, body.username):
+            raise ApiError(409, NAME_TAKEN)  # the same answer whichever tenant has it
+    password_hash = await asyncio.to_thread(hash_password, body.password)
+    try:
+        async with request.app.state.engine.begin() as conn:
+            user_id = await catalog.create_user(
+                conn, tenant_id, body.username, password_hash, body.role
+            )
+            row = await catalog.get_user(conn, user_id, None)
+    except IntegrityError:
+        raise ApiError(409, NAME_TAKEN) from None
+    except ValueError as error:
+        if "already exists" in str(error):
+            raise ApiError(409, NAME_TAKEN) from None
+        raise ApiError(422, str(error)) from None
+    return _user(row)
+
+
+@router.patch("/users/{user_id}", response_model=UserOut)
+async def edit_user(
+    request: Request, user_id: int, body: UserPatch, caller: Annotated[Caller, require("viewer")]
+) -> UserOut:
+    """Change a user's role, disabled flag or password (owners within their tenant, admins);
+    anyone may change their own password, giving ``current_password``."""
+    own = user_id == caller.user_id
+    if own and (body.role is not None or body.disabled is not None):
+        raise ApiError(403, "nobody can change their own role or disable themselves")
+    if not own and not caller.at_least("owner"):
+        raise ApiError(403, "you can change only your own password")
+    target = await _visible_user(request, caller, user_id)
+    _guard_admin(caller, target)
+    if body.role == "admin" and caller.role != "admin":
+        raise ApiError(403, "only platform admins can make admins")
+    changes: dict[str, Any] = body.model_dump(include={"role", "disabled"}, exclude_none=True)
+    if body.password is not None:
+        if own:
+            if body.current_password is None:
+                raise ApiError(
+                    422,
+                    "changing your own password needs current_password",
+                    details=[{"field": "current_password", "problem": "missing"}],
+                )
+            if not await asyncio.to_thread(
+                password_matches, body.current_password, target.password_hash
+            ):
+                raise ApiError(403, "current_password is wrong")
+        changes["password_hash"] = await asyncio.to_thread(hash_password, body.password)
+    async with request.app.state.engine.begin() as conn:
+        await catalog.update_user(conn, user_id, changes)
+        row = await catalog.get_user(conn, user_id, None)
+    return _user(row)
+
+
+@router.delete("/users/{user_id}", status_code=204)
+async def delete_user(
+    request: Request, user_id: int, caller: Annotated[Caller, require("owner")]
+) -> None:
+    """Delete a user (owners within their tenant, admins); nobody deletes themselves."""
+    target = await _visible_user(request, caller, user_id)
+    if user_id == caller.user_id:
+        raise ApiError(409, "you cannot delete yourself")
+    _guard_admin(caller, target)
+    async with request.app.state.engine.begin() as conn:
+        await catalog.delete_user(conn, user_id)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra import __version__
 from telemetra.api import accounts, auth, devices, errors, health, ingest, telemetry
+from telemetra.api.limits import RateLimiter
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Pipeline
 from telemetra.metrics import HTTP_SECONDS
@@ -89,6 +90,10 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
     )
     app.state.settings = settings
     app.state.secret_key = secret
+    app.state.device_limits = RateLimiter(
+        settings.rate_limit_device_per_s, settings.rate_limit_burst
+    )
+    app.state.user_limits = RateLimiter(settings.rate_limit_user_per_s, settings.rate_limit_burst)
     errors.install(app)
     _observe(app)
     api = APIRouter(prefix="/api/v1")

@@ -97,6 +97,7 @@ async def current_caller(request: Request, token: Annotated[str | None, Depends(
     caller = read_token(request.app.state.secret_key, token)
     if caller.role not in ROLES:
         raise ApiError(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+    request.app.state.user_limits.check(f"user:{caller.user_id}", "user")
     return caller
 
 

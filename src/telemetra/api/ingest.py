@@ -113,6 +113,7 @@ async def _device_by_token(request: Request, token: str | None) -> str:
         row = await catalog.device_by_token(conn, token)
     if row is None:
         raise ApiError(401, "unknown or disabled device token")
+    request.app.state.device_limits.check(str(row.uid), "device")
     return str(row.uid)
 
 
