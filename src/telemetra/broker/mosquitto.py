@@ -1,0 +1,501 @@
+"""A Mosquitto 2.0 configuration for the registered devices: TLS listener, password file, ACL.
+
+Devices log in with their id as username and their token as password (or, with
+``require_certificate``, with a client certificate whose CN is their id), and the ACL lets each
+one publish only under its own id and read only its own acks. The ingest user reads everything.
+
+Reloading a running broker after ``write_config``: ``kill -HUP <pid>`` makes Mosquitto re-read
+``passwd`` and ``acl`` (new, removed and re-keyed devices) without dropping connections; listener
+changes (ports, bind address, TLS files, ``require_certificate``) need a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from telemetra.certs import DeviceCA, issue_server_cert, issue_service_cert
+from telemetra.credentials import mosquitto_hash
+from telemetra.model import valid_device_uid
+from telemetra.store.schema import devices
+
+__all__ = ["INGEST_USERNAME", "broker_accounts", "split_accounts", "write_config"]
+
+log = structlog.get_logger("telemetra.broker")
+
+INGEST_USERNAME = "telemetra-ingest"
+# %u is the username (the certificate CN with use_identity_as_username). These follow
+# ingest.routes.DEFAULT_ROUTES; ChirpStack topics are published by ChirpStack, not by devices.
+DEVICE_ACL = (
+    "pattern write devices/%u/telemetry",
+    "pattern write qs/v1/%u/events",
+    "pattern write tele/%u/#",
+    "pattern read devices/%u/acks",
+    "pattern read qs/v1/%u/acks",
+)
+# "$7$<iterations>$<salt>$<hash>" (Mosquitto 2.0) or "$6$<salt>$<hash>" (1.x); anything else,
+# a ':' or a line break above all, would corrupt the password file.
+_HASH = re.compile(r"\$(7\$[0-9]+|6)\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+")
+_START_TIMEOUT_S = 10.0
+_LOGIN_TIMEOUT_S = 5.0
+
+RELOAD_TEXT = """\
+Mosquitto configuration written by Telemetra.
+
+Start:   mosquitto -c {conf}
+Reload:  kill -HUP <pid> reloads passwd and acl (devices added, removed or re-keyed)
+         without dropping connections; listener changes (ports, bind address, TLS
+         certificate files, require_certificate) need a restart.
+
+Regenerate these files rather than editing them; the next run replaces them.
+"""
+
+
+async def broker_accounts(conn: AsyncConnection) -> list[tuple[str, str]]:
+    """(uid, broker_hash) of every active device that has a broker password hash, by uid."""
+    rows = await conn.execute(
+        select(devices.c.uid, devices.c.broker_hash)
+        .where(devices.c.status == "active", devices.c.broker_hash.is_not(None))
+        .order_by(devices.c.uid)
+    )
+    return [(str(uid), str(broker_hash)) for uid, broker_hash in rows]
+
+
+def split_accounts(
+    accounts: Iterable[tuple[str, str]], ingest_username: str = INGEST_USERNAME
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(usable accounts, skipped (uid, reason)): what ``write_config`` will and won't write."""
+    usable: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for uid, broker_hash in accounts:
+        if not valid_device_uid(uid):
+            # CVE-2017-7650: a username such as '#' or '+' turns %u pattern rules into
+            # wildcards that grant access to every device's topics.
+            skipped.append((uid, "invalid device id (wildcard, separator or control character)"))
+        elif uid == ingest_username:
+            skipped.append((uid, "device id equals the ingest username"))
+        elif uid in seen:
+            skipped.append((uid, "duplicate device id"))
+        elif not _HASH.fullmatch(broker_hash):
+            skipped.append((uid, "broker hash is not a Mosquitto password hash"))
+        else:
+            seen.add(uid)
+            usable.append((uid, broker_hash))
+    return usable, skipped
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where one rendering of the config points: the real one, or the validation copy."""
+
+    files: Path  # folder holding passwd, acl, ca.pem, server.pem, server.key
+    persistence: Path
+    tls_port: int
+    plain_port: int | None
+    bind: str
+    user: str | None
+    require_certificate: bool
+
+
+def _value(what: str, value: str) -> str:
+    # A line break (or NUL) in any value would inject extra configuration lines.
+    if not value or value != value.strip() or any(c in value for c in "\r\n\0"):
+        raise ValueError(f"invalid {what} {value!r} for the Mosquitto configuration")
+    return value
+
+
+def _render_config(layout: _Layout) -> str:
+    """mosquitto.conf text for ``layout``."""
+    files = layout.files
+    lines = [
+        "# Mosquitto 2.0 configuration written by Telemetra; regenerate rather than edit.",
+        "# kill -HUP <pid> reloads passwd and acl; listener changes need a restart.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {_value('path', str(files / 'passwd'))}",
+        f"acl_file {_value('path', str(files / 'acl'))}",
+    ]
+    if layout.user is not None:
+        lines.append(f"user {_value('user', layout.user)}")
+    lines += [
+        "",
+        "# Hold the ingest workers' queue through an outage and across a broker restart.",
+        "persistence true",
+        f"persistence_location {_value('path', str(layout.persistence))}/",
+        "autosave_interval 60",
+        "max_queued_messages 1000000",
+        "max_queued_bytes 0",
+        "",
+        "# TLS listener for devices and the ingest workers.",
+        f"listener {layout.tls_port} {_value('bind address', layout.bind)}",
+        "tls_version tlsv1.2",
+        f"cafile {files / 'ca.pem'}",
+        f"certfile {files / 'server.pem'}",
+        f"keyfile {files / 'server.key'}",
+    ]
+    if layout.require_certificate:
+        lines += [
+            "# mTLS: a certificate from the CA is required and its CN is the username.",
+            "require_certificate true",
+            "use_identity_as_username true",
+        ]
+    else:
+        lines.append("require_certificate false")
+    if layout.plain_port is not None:
+        lines += [
+            "",
+            "# Plain TCP: username and password, no encryption.",
+            f"listener {layout.plain_port} {layout.bind}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _render_acl(ingest_username: str) -> str:
+    return "\n".join(
+        [
+            "# Devices (username = device id) publish only under their own id and read only",
+            "# their own acks. Device ids with '+' or '#' are never written (CVE-2017-7650).",
+            *DEVICE_ACL,
+            "",
+            "# The ingest workers read all telemetry and write acks and telemetra/deadletter.",
+            "# ChirpStack, when used, needs its own user with: topic write application/#",
+            f"user {ingest_username}",
+            "topic readwrite #",
+            "",
+        ]
+    )
+
+
+def _render_passwd(
+    accounts: list[tuple[str, str]], ingest_username: str, ingest_password: str
+) -> str:
+    lines = [f"{ingest_username}:{mosquitto_hash(ingest_password)}"]
+    lines += [f"{uid}:{broker_hash}" for uid, broker_hash in accounts]
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def _broker_owner(user: str | None) -> tuple[int, int] | None:
+    """(uid, gid) Mosquitto will switch to, when that is not us: it must own its secrets.
+
+    Mosquitto started as root drops to ``user`` (default ``mosquitto``) before it reads the
+    password and ACL files, so files private to root would stop it.
+    """
+    if os.geteuid() != 0:
+        return None  # not root: Mosquitto cannot switch users and ignores `user`
+    name = user or "mosquitto"
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        if user is None:
+            return None
+        raise ValueError(f"there is no system user {user!r} for Mosquitto to run as") from None
+    if entry.pw_uid == 0:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _mosquitto_exe() -> str:
+    # Debian installs it in /usr/sbin, which is not on every user's PATH.
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise ValueError(
+            "mosquitto is not installed: it is needed to validate the configuration "
+            "(or pass validate=False)"
+        )
+    return exe
+
+
+def _login_error(
+    port: int,
+    ca_file: Path,
+    *,
+    tls: bool,
+    username: str,
+    password: str | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+) -> str | None:
+    """None when ``username`` can log in on 127.0.0.1:``port``, else why not."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"telemetra-check-{secrets.token_hex(4)}",
+        protocol=mqtt.MQTTv311,
+    )
+    if tls:
+        client.tls_set(
+            ca_certs=str(ca_file),
+            certfile=str(cert) if cert else None,
+            keyfile=str(key) if key else None,
+        )
+        # The copy listens on 127.0.0.1, which the server certificate need not name; the chain
+        # is still verified against the CA.
+        client.tls_insecure_set(True)
+    if cert is None:
+        client.username_pw_set(username, password)
+    outcome: list[str] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: outcome.append(
+        f"refused: {reason}" if reason.is_failure else ""
+    )
+    try:
+        client.connect("127.0.0.1", port, keepalive=10)
+        deadline = time.monotonic() + _LOGIN_TIMEOUT_S
+        while not outcome and time.monotonic() < deadline:
+            if client.loop(0.1) not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
+                break
+    except (OSError, ssl.SSLError) as exc:
+        return f"connection failed: {exc}"
+    finally:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+    if not outcome:
+        return "no answer to CONNECT (connection closed or timed out)"
+    return outcome[0] or None
+
+
+def _broker_errors(log_file: Path) -> str:
+    lines = [
+        line.split(": ", 1)[-1]  # drop Mosquitto's timestamp prefix
+        for line in log_file.read_text(errors="replace").splitlines()
+        if line.strip()
+    ]
+    errors = [line for line in lines if "Error" in line]
+    return "; ".join(errors or lines[-5:]) or "no output"
+
+
+def _validate(
+    folder: Path,
+    layout: _Layout,
+    owner: tuple[int, int] | None,
+    *,
+    ingest_username: str,
+    ingest_password: str,
+) -> None:
+    """Start Mosquitto on a copy of the config (free ports, 127.0.0.1) and log in as ingest.
+
+    ValueError, with Mosquitto's own message, when it refuses the configuration.
+    """
+    exe = _mosquitto_exe()
+    check = _Layout(
+        files=folder,
+        persistence=folder / "check-data",
+        tls_port=_free_port(),
+        plain_port=_free_port() if layout.plain_port is not None else None,
+        bind="127.0.0.1",
+        user=layout.user,
+        require_certificate=layout.require_certificate,
+    )
+    check.persistence.mkdir(mode=0o700)
+    if owner is not None:
+        os.chown(check.persistence, *owner)
+    conf = folder / "check.conf"
+    _write(conf, _render_config(check))
+    log_file = folder / "check.log"
+    with log_file.open("wb") as sink:
+        proc = subprocess.Popen(
+            [exe, "-c", str(conf)], stdout=sink, stderr=subprocess.STDOUT, cwd=folder
+        )
+    try:
+        ports = [p for p in (check.tls_port, check.plain_port) if p is not None]
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise ValueError(f"Mosquitto refused the configuration: {_broker_errors(log_file)}")
+            if all(_listening(p) for p in ports):
+                break
+            if time.monotonic() > deadline:
+                raise ValueError(
+                    f"Mosquitto did not open its listeners within {_START_TIMEOUT_S:.0f} s: "
+                    f"{_broker_errors(log_file)}"
+                )
+            time.sleep(0.05)
+        ca_file = folder / "ca.pem"
+        if layout.require_certificate:
+            error = _login_error(
+                check.tls_port,
+                ca_file,
+                tls=True,
+                username=ingest_username,
+                cert=folder / "ingest.crt",
+                key=folder / "ingest.key",
+            )
+        else:
+            error = _login_error(
+                check.tls_port,
+                ca_file,
+                tls=True,
+                username=ingest_username,
+                password=ingest_password,
+            )
+        if error is None and check.plain_port is not None:
+            error = _login_error(
+                check.plain_port,
+                ca_file,
+                tls=False,
+                username=ingest_username,
+                password=ingest_password,
+            )
+        if error is not None:
+            raise ValueError(
+                f"Mosquitto started but the ingest user {ingest_username!r} could not log in "
+                f"({error}): {_broker_errors(log_file)}"
+            )
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def write_config(
+    out: Path,
+    accounts: Iterable[tuple[str, str]],
+    ca: DeviceCA,
+    *,
+    hostnames: Sequence[str] = ("localhost", "127.0.0.1"),
+    tls_port: int = 8883,
+    plain_port: int | None = None,
+    require_certificate: bool = False,
+    ingest_username: str = INGEST_USERNAME,
+    ingest_password: str,
+    persistence_dir: Path | None = None,
+    user: str | None = None,
+    bind: str = "127.0.0.1",
+    validate: bool = True,
+) -> Path:
+    """Write a validated Mosquitto configuration into ``out``; returns ``out/mosquitto.conf``.
+
+    Files: mosquitto.conf, passwd (devices + ingest user), acl, ca.pem, server.pem,
+    server.key (0600), RELOAD.txt, and with ``require_certificate`` ingest.crt/ingest.key (the
+    ingest worker's client certificate, CN = ``ingest_username``). ``plain_port=None`` opens no
+    plain TCP listener. Accounts with unusable ids are skipped and logged (see
+    ``split_accounts``). ``user`` is Mosquitto's ``user`` option: started as root, Mosquitto
+    switches to it (default ``mosquitto``), so the secrets and the persistence folder are
+    handed to that user.
+
+    Everything is generated in a temporary sibling folder and checked by starting Mosquitto on
+    a copy of the config (listeners on free ports of 127.0.0.1) and logging in as the ingest
+    user; only then are the files moved into ``out``, each atomically. A configuration
+    Mosquitto refuses raises ValueError with Mosquitto's message and leaves ``out`` untouched.
+
+    To apply it to a running broker: ``kill -HUP <pid>`` reloads passwd and acl; listener
+    changes need a restart.
+    """
+    if not valid_device_uid(ingest_username) or any(c.isspace() for c in ingest_username):
+        raise ValueError(
+            f"invalid ingest username {ingest_username!r}: no spaces, '/', '+', '#' or ':'"
+        )
+    if not ingest_password:
+        raise ValueError("the ingest user needs a password")
+    for name, port in (("tls_port", tls_port), ("plain_port", plain_port)):
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"{name} must be between 1 and 65535, not {port}")
+    if plain_port is not None and plain_port == tls_port:
+        raise ValueError(f"the TLS and plain listeners cannot share port {tls_port}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder")
+    out = out.absolute()
+    usable, skipped = split_accounts(accounts, ingest_username)
+    for uid, reason in skipped:
+        log.warning("broker account skipped", uid=uid, reason=reason)
+    layout = _Layout(
+        files=out,
+        persistence=(persistence_dir or out / "data").absolute(),
+        tls_port=tls_port,
+        plain_port=plain_port,
+        bind=bind,
+        user=user,
+        require_certificate=require_certificate,
+    )
+    config = _render_config(layout)  # also checks the values before any work is done
+    owner = _broker_owner(user)
+    server_cert, server_key = issue_server_cert(ca, hostnames)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if owner is not None:
+            # Mosquitto, as its own user, must reach the files inside (each has its own mode).
+            os.chmod(folder, 0o711)  # noqa: S103
+        secret = 0o600
+        files: dict[str, tuple[str | bytes, int]] = {
+            "RELOAD.txt": (RELOAD_TEXT.format(conf=out / "mosquitto.conf"), 0o644),
+            "ca.pem": (ca.cert_pem, 0o644),
+            "server.pem": (server_cert, 0o644),
+            "server.key": (server_key, secret),
+            "passwd": (_render_passwd(usable, ingest_username, ingest_password), secret),
+            "acl": (_render_acl(ingest_username), secret),
+            "mosquitto.conf": (config, 0o644),
+        }
+        broker_secrets = {"server.key", "passwd", "acl"}
+        if require_certificate:
+            cert, key = issue_service_cert(ca, ingest_username)
+            files["ingest.crt"] = (cert, 0o644)
+            files["ingest.key"] = (key, secret)  # for the ingest worker, not for Mosquitto
+        for name, (data, mode) in files.items():
+            _write(folder / name, data, mode)
+            if owner is not None and name in broker_secrets:
+                os.chown(folder / name, *owner)
+        if validate:
+            _validate(
+                folder,
+                layout,
+                owner,
+                ingest_username=ingest_username,
+                ingest_password=ingest_password,
+            )
+        out.mkdir(exist_ok=True)
+        layout.persistence.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if owner is not None:
+            os.chown(layout.persistence, *owner)
+        # mosquitto.conf last: a broker started meanwhile finds the files it names.
+        for name in files:
+            os.replace(folder / name, out / name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    log.info(
+        "broker configuration written",
+        folder=str(out),
+        devices=len(usable),
+        skipped=len(skipped),
+    )
+    return out / "mosquitto.conf"

@@ -1,0 +1,473 @@
+"""The generated Mosquitto configuration, run by a real Mosquitto: who may publish and read what."""
+
+from __future__ import annotations
+
+import getpass
+import queue
+import shutil
+import ssl
+import stat
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import update
+
+from telemetra.broker import broker_accounts, split_accounts, write_config
+from telemetra.broker import mosquitto as broker_mod
+from telemetra.certs import DeviceCA, issue_client_cert
+from telemetra.credentials import mosquitto_hash
+from telemetra.store.catalog import create_device, create_tenant
+from telemetra.store.database import open_database
+from telemetra.store.schema import devices
+
+from conftest import free_port, missing, stop, wait_for_port
+
+INGEST_PW = "ingest-secret"
+WILDCARD_PW = "wildcard-secret"
+QUIET_S = 1.0  # how long "nothing arrives" is watched
+
+
+def mosquitto_exe() -> str:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        missing("mosquitto")
+    return exe
+
+
+class Client:
+    """A paho client on a background thread that records its CONNACK and what it receives."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        ca: Path | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+    ) -> None:
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._connack = threading.Event()
+        self._accepted = False
+        self._subacks: dict[int, threading.Event] = {}
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"test-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.reconnect_delay_set(5, 5)  # a refused client should not hammer the broker
+        if ca is not None:
+            self.client.tls_set(
+                ca_certs=str(ca),
+                certfile=str(cert) if cert else None,
+                keyfile=str(key) if key else None,
+            )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, bytes(m.payload)))
+        self.failed = False
+        try:
+            self.client.connect("127.0.0.1", port, keepalive=10)
+        except (OSError, ssl.SSLError):
+            self.failed = True
+            return
+        self.client.loop_start()
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._accepted = self._accepted or not reason.is_failure
+        self._connack.set()
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, _codes: Any, _p: Any) -> None:
+        self._subacks.setdefault(mid, threading.Event()).set()
+
+    def connected(self, timeout: float = 3.0) -> bool:
+        """True once the broker accepted the login; False if refused or silent."""
+        if self.failed:
+            return False
+        self._connack.wait(timeout)
+        return self._accepted
+
+    def subscribe(self, *topics: str) -> None:
+        assert self.connected()
+        _, mid = self.client.subscribe([(t, 1) for t in topics])
+        assert mid is not None
+        assert self._subacks.setdefault(mid, threading.Event()).wait(5)
+
+    def publish(self, topic: str, payload: str) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def receive(self, timeout: float) -> list[tuple[str, bytes]]:
+        """Everything that arrives within ``timeout`` seconds."""
+        got: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                got.append(self.messages.get(timeout=left))
+            except queue.Empty:
+                break
+        return got
+
+    def wait_for(self, topic: str, payload: str, timeout: float = 5.0) -> list[tuple[str, bytes]]:
+        """Messages received up to and including (topic, payload); fails when it never comes."""
+        got: list[tuple[str, bytes]] = []
+        deadline = time.monotonic() + timeout
+        while (topic, payload.encode()) not in got:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"{topic} {payload!r} never arrived; got {got}")
+            try:
+                got.append(self.messages.get(timeout=left))
+            except queue.Empty:
+                continue
+        return got
+
+    def close(self) -> None:
+        self.client.disconnect()  # first: it also ends a refused client's reconnect wait
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    made: list[Client] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+@dataclass
+class Fleet:
+    a: str
+    b: str
+    disabled: str
+    tokens: dict[str, str]
+    accounts: list[tuple[str, str]]
+
+
+@pytest.fixture(scope="module")
+async def fleet(sqlite_url: str) -> AsyncIterator[Fleet]:
+    """Devices A, B and a disabled one in a fresh tenant, and the broker accounts read back."""
+    engine = await open_database(sqlite_url, migrate_schema=False)
+    suffix = uuid.uuid4().hex[:8]
+    a, b, off = f"dev-a-{suffix}", f"dev-b-{suffix}", f"dev-off-{suffix}"
+    async with engine.begin() as conn:
+        tenant = await create_tenant(conn, f"broker-{suffix}")
+        tokens = {uid: await create_device(conn, tenant, uid) for uid in (a, b, off)}
+        await conn.execute(update(devices).where(devices.c.uid == off).values(status="disabled"))
+    async with engine.connect() as conn:
+        accounts = await broker_accounts(conn)
+    await engine.dispose()
+    yield Fleet(a, b, off, tokens, accounts)
+
+
+@dataclass
+class Running:
+    out: Path
+    port: int
+    ca: DeviceCA
+    process: subprocess.Popen[bytes]
+
+    @property
+    def ca_file(self) -> Path:
+        return self.out / "ca.pem"
+
+
+def _start(out: Path, port: int, ca: DeviceCA) -> Running:
+    proc = subprocess.Popen(
+        [mosquitto_exe(), "-c", str(out / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=(out / "broker.log").open("wb"),
+    )
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        stop(proc)
+        pytest.fail(f"mosquitto did not start: {(out / 'broker.log').read_text()}")
+    return Running(out, port, ca, proc)
+
+
+@pytest.fixture(scope="module")
+def password_broker(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """Username + token over TLS only; two wildcard 'devices' smuggled into the accounts."""
+    mosquitto_exe()
+    base = tmp_path_factory.mktemp("password-broker")
+    ca = DeviceCA.load_or_create(base / "ca")
+    port = free_port()
+    wildcards = [("#", mosquitto_hash(WILDCARD_PW)), ("+", mosquitto_hash(WILDCARD_PW))]
+    write_config(
+        base / "out",
+        fleet.accounts + wildcards,
+        ca,
+        tls_port=port,
+        ingest_password=INGEST_PW,
+        user=getpass.getuser(),
+    )
+    running = _start(base / "out", port, ca)
+    yield running
+    stop(running.process)
+
+
+@pytest.fixture(scope="module")
+def mtls_broker(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """Client certificates required; the certificate CN is the username."""
+    mosquitto_exe()
+    base = tmp_path_factory.mktemp("mtls-broker")
+    ca = DeviceCA.load_or_create(base / "ca")
+    port = free_port()
+    write_config(
+        base / "out",
+        fleet.accounts,
+        ca,
+        tls_port=port,
+        require_certificate=True,
+        ingest_password=INGEST_PW,
+        user=getpass.getuser(),
+    )
+    running = _start(base / "out", port, ca)
+    yield running
+    stop(running.process)
+
+
+def _device(broker: Running, fleet: Fleet, uid: str, clients: list[Client]) -> Client:
+    c = Client(broker.port, ca=broker.ca_file, username=uid, password=fleet.tokens[uid])
+    clients.append(c)
+    assert c.connected(), f"{uid} could not log in"
+    return c
+
+
+def _ingest(broker: Running, clients: list[Client]) -> Client:
+    c = Client(broker.port, ca=broker.ca_file, username="telemetra-ingest", password=INGEST_PW)
+    clients.append(c)
+    assert c.connected(), "the ingest user could not log in"
+    return c
+
+
+def test_device_publishes_on_its_own_topics(
+    password_broker: Running, fleet: Fleet, clients: list[Client]
+) -> None:
+    ingest = _ingest(password_broker, clients)
+    # As the ingest worker subscribes: a shared subscription per route.
+    ingest.subscribe(
+        "$share/telemetra/devices/+/telemetry",
+        "$share/telemetra/qs/v1/+/events",
+        "$share/telemetra/tele/+/#",
+    )
+    device = _device(password_broker, fleet, fleet.a, clients)
+    device.publish(f"devices/{fleet.a}/telemetry", '{"temperature": 21.5}')
+    device.publish(f"qs/v1/{fleet.a}/events", '{"event_id": "e-1"}')
+    device.publish(f"tele/{fleet.a}/SENSOR/temp", "21.5")
+    got = ingest.wait_for(f"tele/{fleet.a}/SENSOR/temp", "21.5")
+    assert (f"devices/{fleet.a}/telemetry", b'{"temperature": 21.5}') in got
+    assert (f"qs/v1/{fleet.a}/events", b'{"event_id": "e-1"}') in got
+    # ... and the ingest user may answer on the ack and dead-letter topics.
+    device.subscribe(f"devices/{fleet.a}/acks")
+    ingest.publish(f"devices/{fleet.a}/acks", '{"accepted": 1}')
+    device.wait_for(f"devices/{fleet.a}/acks", '{"accepted": 1}')
+    ingest.subscribe("telemetra/deadletter")
+    ingest.publish("telemetra/deadletter", "{}")
+    ingest.wait_for("telemetra/deadletter", "{}")
+
+
+def test_device_cannot_publish_for_another_device(
+    password_broker: Running, fleet: Fleet, clients: list[Client]
+) -> None:
+    ingest = _ingest(password_broker, clients)
+    ingest.subscribe("#")
+    device = _device(password_broker, fleet, fleet.a, clients)
+    device.publish(f"devices/{fleet.b}/telemetry", '{"forged": 1}')
+    device.publish(f"qs/v1/{fleet.b}/events", '{"forged": 2}')
+    device.publish(f"devices/{fleet.a}/acks", '{"forged": 3}')  # a device cannot fake acks
+    device.publish(f"application/x/device/{fleet.a}/event/up", '{"forged": 4}')  # ChirpStack's
+    device.publish("telemetra/deadletter", '{"forged": 5}')
+    device.publish(f"devices/{fleet.a}/telemetry", '{"own": 1}')  # marker: all above are through
+    got = ingest.wait_for(f"devices/{fleet.a}/telemetry", '{"own": 1}')
+    got += ingest.receive(QUIET_S)
+    assert got == [(f"devices/{fleet.a}/telemetry", b'{"own": 1}')]
+
+
+def test_device_reads_only_its_own_acks(
+    password_broker: Running, fleet: Fleet, clients: list[Client]
+) -> None:
+    a = _device(password_broker, fleet, fleet.a, clients)
+    a.subscribe(f"devices/{fleet.b}/acks", f"qs/v1/{fleet.b}/acks", "#", f"devices/{fleet.a}/acks")
+    b = _device(password_broker, fleet, fleet.b, clients)
+    b.publish(f"devices/{fleet.b}/telemetry", '{"b": 1}')  # A must not read B's data either
+    ingest = _ingest(password_broker, clients)
+    ingest.publish(f"devices/{fleet.b}/acks", '{"for": "b"}')
+    ingest.publish(f"qs/v1/{fleet.b}/acks", '{"for": "b"}')
+    ingest.publish(f"devices/{fleet.a}/acks", '{"for": "a"}')
+    got = a.wait_for(f"devices/{fleet.a}/acks", '{"for": "a"}')
+    got += a.receive(QUIET_S)
+    assert {topic for topic, _ in got} == {f"devices/{fleet.a}/acks"}
+
+
+@pytest.mark.parametrize("username", ["#", "+"])
+def test_wildcard_usernames_cannot_connect(
+    password_broker: Running, clients: list[Client], username: str
+) -> None:
+    passwd = (password_broker.out / "passwd").read_text()
+    assert not any(line.startswith(username + ":") for line in passwd.splitlines())
+    for password in (WILDCARD_PW, None, INGEST_PW):
+        c = Client(password_broker.port, ca=password_broker.ca_file, username=username,
+                   password=password)  # fmt: skip
+        clients.append(c)
+        assert not c.connected(), f"{username!r} logged in with password {password!r}"
+
+
+def test_wrong_token_unknown_and_disabled_devices_are_refused(
+    password_broker: Running, fleet: Fleet, clients: list[Client]
+) -> None:
+    attempts = [
+        (fleet.a, "not-the-token"),
+        (fleet.a, fleet.tokens[fleet.b]),
+        (fleet.a, None),
+        ("nobody", fleet.tokens[fleet.a]),
+        (fleet.disabled, fleet.tokens[fleet.disabled]),  # not active: not in the password file
+        (None, None),  # anonymous
+    ]
+    for username, password in attempts:
+        c = Client(password_broker.port, ca=password_broker.ca_file, username=username,
+                   password=password)  # fmt: skip
+        clients.append(c)
+        assert not c.connected(), f"{username!r} / {password!r} logged in"
+
+
+def test_without_plain_port_only_tls_listens(
+    password_broker: Running, clients: list[Client]
+) -> None:
+    conf = (password_broker.out / "mosquitto.conf").read_text()
+    listeners = [line for line in conf.splitlines() if line.startswith("listener")]
+    assert listeners == [f"listener {password_broker.port} 127.0.0.1"]
+    plain = Client(password_broker.port, username="telemetra-ingest", password=INGEST_PW)
+    clients.append(plain)
+    assert not plain.connected(timeout=2)
+    # Server certificate checks out against the CA for the default host names.
+    assert _ingest(password_broker, clients).connected()
+
+
+def test_generated_files(password_broker: Running, fleet: Fleet) -> None:
+    out = password_broker.out
+    for secret in ("server.key", "passwd", "acl"):
+        assert stat.S_IMODE((out / secret).stat().st_mode) == 0o600, secret
+    conf = (out / "mosquitto.conf").read_text().splitlines()
+    for line in (
+        "per_listener_settings false",
+        "allow_anonymous false",
+        "persistence true",
+        f"persistence_location {out / 'data'}/",
+        "autosave_interval 60",
+        "max_queued_messages 1000000",
+        "max_queued_bytes 0",
+        f"user {getpass.getuser()}",
+    ):
+        assert line in conf
+    assert (out / "data").is_dir()
+    acl = (out / "acl").read_text().splitlines()
+    assert "pattern write devices/%u/telemetry" in acl
+    assert "pattern read devices/%u/acks" in acl
+    users = {line.split(":")[0] for line in (out / "passwd").read_text().splitlines()}
+    assert {"telemetra-ingest", fleet.a, fleet.b} <= users
+    assert fleet.disabled not in users
+    assert "kill -HUP" in (out / "RELOAD.txt").read_text()
+    assert not (out / "ingest.key").exists()  # only with require_certificate
+
+
+def test_split_accounts_says_what_is_skipped() -> None:
+    h = mosquitto_hash("x")
+    usable, skipped = split_accounts(
+        [("ok", h), ("#", h), ("a/b", h), ("telemetra-ingest", h), ("ok", h), ("bad", "x:y\n")]
+    )
+    assert usable == [("ok", h)]
+    assert [uid for uid, _ in skipped] == ["#", "a/b", "telemetra-ingest", "ok", "bad"]
+
+
+def test_device_certificate_logs_in_as_its_device(
+    mtls_broker: Running, fleet: Fleet, clients: list[Client], tmp_path: Path
+) -> None:
+    out = mtls_broker.out
+    ingest = Client(mtls_broker.port, ca=mtls_broker.ca_file, cert=out / "ingest.crt",
+                    key=out / "ingest.key")  # fmt: skip
+    clients.append(ingest)
+    assert ingest.connected()
+    ingest.subscribe("#")
+
+    def cert_files(ca: DeviceCA, uid: str, name: str) -> tuple[Path, Path]:
+        cert, key = issue_client_cert(ca, uid)
+        (tmp_path / f"{name}.crt").write_bytes(cert)
+        (tmp_path / f"{name}.key").write_bytes(key)
+        return tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+
+    cert, key = cert_files(mtls_broker.ca, fleet.a, "a")
+    device = Client(mtls_broker.port, ca=mtls_broker.ca_file, cert=cert, key=key)
+    clients.append(device)
+    assert device.connected()
+    device.publish(f"devices/{fleet.b}/telemetry", '{"forged": 1}')
+    device.publish(f"devices/{fleet.a}/telemetry", '{"t": 1}')
+    got = ingest.wait_for(f"devices/{fleet.a}/telemetry", '{"t": 1}')
+    got += ingest.receive(QUIET_S)
+    assert got == [(f"devices/{fleet.a}/telemetry", b'{"t": 1}')]
+
+    stranger = DeviceCA.load_or_create(tmp_path / "stranger-ca")
+    cert, key = cert_files(stranger, fleet.a, "stranger")
+    refused = [
+        Client(mtls_broker.port, ca=mtls_broker.ca_file, cert=cert, key=key),
+        # No certificate: the device's token is no longer enough.
+        Client(mtls_broker.port, ca=mtls_broker.ca_file, username=fleet.a,
+               password=fleet.tokens[fleet.a]),
+    ]  # fmt: skip
+    clients += refused
+    for c in refused:
+        assert not c.connected(timeout=2)
+
+
+def test_refused_config_leaves_out_untouched(
+    tmp_path: Path, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mosquitto_exe()
+    ca = DeviceCA.load_or_create(tmp_path / "ca")
+    out = tmp_path / "out"
+    write_config(out, fleet.accounts, ca, tls_port=free_port(), ingest_password=INGEST_PW,
+                 user=getpass.getuser())  # fmt: skip
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    render = broker_mod._render_config
+    monkeypatch.setattr(
+        broker_mod, "_render_config", lambda layout: render(layout) + "bogus_option 1\n"
+    )
+    with pytest.raises(ValueError, match='Unknown configuration variable "bogus_option"'):
+        write_config(out, fleet.accounts[:1], ca, tls_port=free_port(), ingest_password="new",
+                     user=getpass.getuser())  # fmt: skip
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca", "out"]  # no temporary left
+
+
+def test_a_user_mistake_is_a_value_error(tmp_path: Path) -> None:
+    ca = DeviceCA.load_or_create(tmp_path / "ca")
+    out = tmp_path / "out"
+    mistakes: list[dict[str, Any]] = [
+        {"ingest_username": "ingest user"},
+        {"ingest_username": "#"},
+        {"ingest_password": ""},
+        {"bind": "127.0.0.1\nallow_anonymous true"},
+        {"user": "root\nallow_anonymous true"},
+        {"tls_port": 70000},
+        {"tls_port": 8883, "plain_port": 8883},
+        {"hostnames": ["bad host"]},
+    ]
+    for mistake in mistakes:
+        kwargs: dict[str, Any] = {"ingest_password": INGEST_PW, "validate": False, **mistake}
+        with pytest.raises(ValueError):
+            write_config(out, [], ca, **kwargs)
+    assert not out.exists()
