@@ -129,3 +129,30 @@ def test_serve_refuses_a_weak_key_and_users_are_created(sqlite_env: dict[str, st
         app, ["user", "create", "x", "--password-stdin"], input="short\n", env=sqlite_env
     )
     assert result.exit_code == 1 and "at least 8" in result.output
+
+
+def test_device_token_cert_and_broker_config(sqlite_env: dict[str, str], tmp_path: Path) -> None:
+    import getpass
+    import zipfile
+
+    from conftest import free_port
+
+    code, out = invoke(sqlite_env, "device", "create", "esp-7")
+    first = out.strip().splitlines()[-1]
+    code, out = invoke(sqlite_env, "device", "token", "esp-7")
+    assert code == 0 and out.strip().splitlines()[-1] != first
+    code, out = invoke(sqlite_env, "device", "token", "nope")
+    assert code == 1 and "no device" in out
+    code, out = invoke(sqlite_env, "device", "cert", "esp-7", "--out", str(tmp_path / "c"))
+    assert code == 0, out
+    bundle = tmp_path / "c" / "esp-7.zip"
+    assert oct(bundle.stat().st_mode & 0o777) == "0o600"
+    assert {"esp-7.crt", "esp-7.key", "ca.crt"} <= set(zipfile.ZipFile(bundle).namelist())
+    code, out = invoke(
+        sqlite_env, "broker-config", "--out", str(tmp_path / "broker"),
+        "--ingest-password", "ingest-password-1", "--tls-port", str(free_port()),
+        "--bind", "127.0.0.1", "--user", getpass.getuser(),
+    )  # fmt: skip
+    assert code == 0, out
+    assert "written for 1 devices" in out.replace("\n", " ")
+    assert "esp-7:$7$" in (tmp_path / "broker" / "passwd").read_text()

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -33,6 +34,7 @@ console = Console(stderr=True)
 # Tables go to stdout; piped output is not cut at 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
 T = TypeVar("T")
+CURRENT_FOLDER = Path()
 
 
 def fail(message: str) -> typer.Exit:
@@ -332,6 +334,106 @@ def user_create(
 
     user_id = in_database(create, write=True)
     console.print(f"user {username!r} ({role}) created in tenant {tenant!r} (id {user_id})")
+
+
+@device_app.command("token")
+def device_token(uid: str) -> None:
+    """Rotate a device's token: prints the new one once; the old one stops working."""
+    from telemetra.store.catalog import get_device, rotate_token
+
+    async def rotate(conn: Any) -> str | None:
+        row = await get_device(conn, uid, None)
+        return None if row is None else await rotate_token(conn, row.id)
+
+    token = in_database(rotate, write=True)
+    if token is None:
+        raise fail(f"no device {uid!r}")
+    console.print(
+        f"new token for {uid!r} (shown only once; regenerate the broker config to use it there):"
+    )
+    print(token)
+
+
+@device_app.command("cert")
+def device_cert(
+    uid: str,
+    out: Annotated[Path, typer.Option(help="folder for <uid>.zip")] = CURRENT_FOLDER,
+    host: Annotated[str, typer.Option(help="broker host named in the bundle's README")] = (
+        "<broker-host>"
+    ),
+    port: Annotated[int, typer.Option(help="broker TLS port named in the README")] = 8883,
+) -> None:
+    """Issue a client certificate (CN = device id) signed by the installation CA, as a zip."""
+    from telemetra.certs import DeviceCA, device_bundle_zip
+    from telemetra.store.catalog import get_device
+
+    config = settings()
+
+    async def find(conn: Any) -> Any:
+        return await get_device(conn, uid, None)
+
+    if in_database(find) is None:
+        raise fail(f"no device {uid!r}; create it first with `telemetra device create`")
+    try:
+        ca = DeviceCA.load_or_create(config.ca_folder)
+        bundle = device_bundle_zip(ca, uid, host=host, port=port)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{uid}.zip"
+    target.write_bytes(bundle)
+    target.chmod(0o600)
+    console.print(f"certificate, key and CA for {uid!r} written to {target} (keep it secret)")
+
+
+@app.command("broker-config")
+def broker_config(
+    out: Annotated[Path, typer.Option(help="folder for mosquitto.conf, passwd, acl, certs")],
+    ingest_password: Annotated[
+        str, typer.Option(envvar="TELEMETRA_MQTT_PASSWORD", help="password of the ingest user")
+    ],
+    hostname: Annotated[
+        list[str] | None, typer.Option(help="names/IPs in the server certificate (repeat)")
+    ] = None,
+    tls_port: Annotated[int, typer.Option(help="TLS listener port")] = 8883,
+    plain_port: Annotated[
+        int | None, typer.Option(help="also listen without TLS (default: no plain TCP)")
+    ] = None,
+    mtls: Annotated[
+        bool, typer.Option(help="require client certificates (CN = device id)")
+    ] = False,
+    bind: Annotated[str, typer.Option(help="listener address")] = "0.0.0.0",  # noqa: S104
+    user: Annotated[str | None, typer.Option(help="system user Mosquitto runs as")] = None,
+) -> None:
+    """Write a Mosquitto configuration (TLS/mTLS, passwords, ACL) for the registered devices."""
+    from telemetra.broker.mosquitto import broker_accounts, split_accounts, write_config
+    from telemetra.certs import DeviceCA
+    from telemetra.store.catalog import devices_without_broker_password
+
+    config = settings()
+    accounts = in_database(broker_accounts)
+    _, skipped = split_accounts(accounts, "telemetra-ingest")
+    missing = in_database(devices_without_broker_password)
+    try:
+        conf = write_config(
+            out, accounts, DeviceCA.load_or_create(config.ca_folder),
+            hostnames=hostname or ["localhost", "127.0.0.1"], tls_port=tls_port,
+            plain_port=plain_port, require_certificate=mtls, ingest_password=ingest_password,
+            user=user, bind=bind,
+        )  # fmt: skip
+    except ValueError as error:
+        raise fail(str(error)) from None
+    for uid, reason in skipped:
+        console.print(f"[yellow]skipped[/yellow] {uid!r}: {reason}")
+    for uid in missing:
+        console.print(
+            f"[yellow]skipped[/yellow] {uid!r}: no broker password yet; "
+            f"`telemetra device token {uid}` issues one"
+        )
+    console.print(
+        f"{conf} written for {len(accounts) - len(skipped)} devices; "
+        f"see {out / 'RELOAD.txt'} for reloading a running Mosquitto"
+    )
 
 
 @app.command("sim")

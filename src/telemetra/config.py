@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     routes: str | None = Field(
         None, description='topic routes as JSON: [{"pattern", "format", "ack"}, ...]'
     )
+    ca_dir: Path | None = Field(
+        None, description="installation CA (ca.pem, ca.key 0600); default: <data dir>/ca"
+    )
     default_timezone: str = "UTC"
     auto_register: bool = False
     secret_key: str | None = Field(
@@ -78,6 +81,11 @@ class Settings(BaseSettings):
 
         ZoneInfo(value)  # raises a clear error for an unknown IANA name
         return value
+
+    @property
+    def ca_folder(self) -> Path:
+        """Where the installation CA lives."""
+        return self.ca_dir or self.data_dir / "ca"
 
     @cached_property
     def sqlalchemy_url(self) -> str:

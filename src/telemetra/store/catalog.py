@@ -328,3 +328,88 @@ async def create_user(
         .returning(users.c.id)
     )  # fmt: skip
     return int(result.scalar_one())
+
+
+# --- tenants and users (API accounts) ---
+
+
+def _user_query() -> Any:
+    return select(users, tenants.c.name.label("tenant")).join(
+        tenants, tenants.c.id == users.c.tenant_id
+    )
+
+
+async def find_tenants(
+    conn: AsyncConnection,
+    tenant_id: int | None,
+    *,
+    text: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Any]:
+    """Tenants (one, or all when ``tenant_id`` is None), filtered by name text, one page."""
+    query = select(tenants).order_by(tenants.c.name).limit(limit).offset(offset)
+    if tenant_id is not None:
+        query = query.where(tenants.c.id == tenant_id)
+    if text:
+        query = query.where(func.lower(tenants.c.name).contains(text.lower(), autoescape=True))
+    return list((await conn.execute(query)).all())
+
+
+async def get_tenant(conn: AsyncConnection, tenant_id: int) -> Any:
+    """A tenant row by id, or None."""
+    return (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).one_or_none()
+
+
+async def get_user(conn: AsyncConnection, user_id: int, tenant_id: int | None) -> Any:
+    """A user row (with tenant name) within ``tenant_id`` (None: any); None when not visible."""
+    query = _user_query().where(users.c.id == user_id)
+    if tenant_id is not None:
+        query = query.where(users.c.tenant_id == tenant_id)
+    return (await conn.execute(query)).one_or_none()
+
+
+async def username_taken(conn: AsyncConnection, username: str) -> bool:
+    """Whether any tenant has a user called ``username`` (names are global: login is by name)."""
+    return await conn.scalar(select(users.c.id).where(users.c.username == username)) is not None
+
+
+async def find_users(
+    conn: AsyncConnection,
+    tenant_id: int | None,
+    *,
+    text: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Any]:
+    """Users (with tenant names) of a tenant (None: all), filtered by username text, one page."""
+    query = _user_query().order_by(users.c.username).limit(limit).offset(offset)
+    if tenant_id is not None:
+        query = query.where(users.c.tenant_id == tenant_id)
+    if text:
+        query = query.where(func.lower(users.c.username).contains(text.lower(), autoescape=True))
+    return list((await conn.execute(query)).all())
+
+
+async def update_user(conn: AsyncConnection, user_id: int, changes: dict[str, Any]) -> None:
+    """Change a user's role, disabled flag or password hash."""
+    allowed = {"role", "disabled", "password_hash"}
+    if unknown := changes.keys() - allowed:
+        raise ValueError(f"users cannot change {sorted(unknown)}")
+    if changes:
+        await conn.execute(users.update().where(users.c.id == user_id).values(**changes))
+
+
+async def delete_user(conn: AsyncConnection, user_id: int) -> None:
+    """Delete a user."""
+    await conn.execute(users.delete().where(users.c.id == user_id))
+
+
+async def devices_without_broker_password(conn: AsyncConnection) -> list[str]:
+    """Active devices registered before broker passwords existed (their token must rotate)."""
+    rows = await conn.execute(
+        select(devices.c.uid)
+        .where(devices.c.status == "active", devices.c.broker_hash.is_(None))
+        .order_by(devices.c.uid)
+    )
+    return list(rows.scalars())
