@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,9 +32,14 @@ class World:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
 
 
-async def make_world(engine: AsyncEngine, db_url: str) -> AsyncIterator[World]:
+async def make_world(
+    engine: AsyncEngine, db_url: str, data_dir: Path | None = None
+) -> AsyncIterator[World]:
     """An app on ``engine`` with tenants a and b, each with a logged-in owner, operator, viewer."""
-    settings = Settings(database_url=db_url, secret_key=SECRET, max_request_bytes=4096)
+    settings = Settings(
+        database_url=db_url, secret_key=SECRET, max_request_bytes=4096,
+        data_dir=data_dir or Path(tempfile.mkdtemp(prefix="telemetra-api-")),
+    )  # fmt: skip
     app = create_app(settings, engine)
     tag = uuid.uuid4().hex[:8]
     names = {"a": f"a-{tag}", "b": f"b-{tag}"}

@@ -169,3 +169,29 @@ async def test_prometheus_metrics(world: World) -> None:
     assert 'telemetra_ingest_messages_total{source="http"}' in text
     assert "telemetra_ingest_batch_commit_seconds_bucket" in text
     assert 'route="/api/v1/devices"' in text and 'route="/api/v1/ingest"' in text
+
+
+async def test_device_certificates(world: World) -> None:
+    from cryptography import x509
+
+    c = world.client
+    await c.post("/api/v1/devices", json={"uid": "cert-1"}, headers=world.auth("a-operator"))
+    reply = await c.post("/api/v1/devices/cert-1/certificate", headers=world.auth("a-operator"))
+    body = reply.json()
+    cert = x509.load_pem_x509_certificate(body["certificate"].encode())
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "cert-1"
+    assert "PRIVATE KEY" in body["private_key"] and "CERTIFICATE" in body["ca_certificate"]
+    bundle = await c.post(
+        "/api/v1/devices/cert-1/certificate?format=zip", headers=world.auth("a-owner")
+    )
+    assert bundle.headers["content-type"] == "application/zip" and bundle.content[:2] == b"PK"
+    assert_error(
+        await c.post("/api/v1/devices/cert-1/certificate", headers=world.auth("a-viewer")),
+        403,
+        "forbidden",
+    )
+    assert_error(
+        await c.post("/api/v1/devices/cert-1/certificate", headers=world.auth("b-owner")),
+        404,
+        "not_found",
+    )

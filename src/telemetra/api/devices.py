@@ -185,3 +185,43 @@ async def rotate_token(
     async with request.app.state.engine.begin() as conn:
         token = await catalog.rotate_token(conn, row.id)
     return TokenOut(uid=uid, token=token)
+
+
+class CertificateOut(BaseModel):
+    uid: str
+    certificate: str = Field(description="PEM, CN = device id, signed by the installation CA")
+    private_key: str = Field(description="PEM; not stored by Telemetra: keep it safe")
+    ca_certificate: str = Field(description="PEM of the installation CA, to trust the broker")
+
+
+@router.post(
+    "/{uid}/certificate",
+    response_model=CertificateOut,
+    responses={200: {"content": {"application/zip": {}}}},
+)
+async def issue_certificate(
+    request: Request,
+    uid: str,
+    caller: Annotated[Caller, role("operator")],
+    format: Annotated[str, Query(pattern="^(json|zip)$")] = "json",
+) -> Any:
+    """Issue an X.509 client certificate for mTLS (as PEM in JSON, or a zip bundle)."""
+    from fastapi.responses import Response
+
+    from telemetra.certs import DeviceCA, device_bundle_zip, issue_client_cert
+
+    await _visible(request, caller, uid)
+    ca = DeviceCA.load_or_create(request.app.state.settings.ca_folder)
+    if format == "zip":
+        return Response(
+            device_bundle_zip(ca, uid),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{uid}.zip"'},
+        )
+    cert, key = issue_client_cert(ca, uid)
+    return CertificateOut(
+        uid=uid,
+        certificate=cert.decode(),
+        private_key=key.decode(),
+        ca_certificate=ca.cert_pem.decode(),
+    )
