@@ -98,7 +98,7 @@ def _out(row: Any) -> dict[str, Any]:
     }
 
 
-async def _visible(request: Request, caller: Caller, uid: str) -> Any:
+async def visible_device(request: Request, caller: Caller, uid: str) -> Any:
     async with request.app.state.engine.connect() as conn:
         row = await catalog.get_device(conn, uid, scope(caller))
     if row is None:  # another tenant's device answers exactly like a missing one
@@ -151,7 +151,7 @@ async def get_device(
     request: Request, uid: str, caller: Annotated[Caller, role("viewer")]
 ) -> DeviceOut:
     """One device."""
-    return DeviceOut(**_out(await _visible(request, caller, uid)))
+    return DeviceOut(**_out(await visible_device(request, caller, uid)))
 
 
 @router.patch("/{uid}", response_model=DeviceOut)
@@ -159,7 +159,7 @@ async def edit_device(
     request: Request, uid: str, body: DevicePatch, caller: Annotated[Caller, role("operator")]
 ) -> DeviceOut:
     """Change name, type, time zone, metadata or status."""
-    row = await _visible(request, caller, uid)
+    row = await visible_device(request, caller, uid)
     async with request.app.state.engine.begin() as conn:
         await catalog.update_device(conn, row.id, body.model_dump(exclude_unset=True))
         row = await catalog.get_device(conn, uid, scope(caller))
@@ -171,7 +171,7 @@ async def delete_device(
     request: Request, uid: str, caller: Annotated[Caller, role("operator")]
 ) -> None:
     """Delete a device and all its data."""
-    row = await _visible(request, caller, uid)
+    row = await visible_device(request, caller, uid)
     async with request.app.state.engine.begin() as conn:
         await catalog.delete_device(conn, row.id)
 
@@ -181,7 +181,7 @@ async def rotate_token(
     request: Request, uid: str, caller: Annotated[Caller, role("operator")]
 ) -> TokenOut:
     """Issue a new token for a device; the old one stops working."""
-    row = await _visible(request, caller, uid)
+    row = await visible_device(request, caller, uid)
     async with request.app.state.engine.begin() as conn:
         token = await catalog.rotate_token(conn, row.id)
     return TokenOut(uid=uid, token=token)
@@ -210,7 +210,7 @@ async def issue_certificate(
 
     from telemetra.certs import DeviceCA, device_bundle_zip, issue_client_cert
 
-    await _visible(request, caller, uid)
+    await visible_device(request, caller, uid)
     ca = DeviceCA.load_or_create(request.app.state.settings.ca_folder)
     if format == "zip":
         return Response(

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from telemetra.api.auth import Caller, role
-from telemetra.api.devices import _visible, scope
+from telemetra.api.devices import scope, visible_device
 from telemetra.api.errors import ApiError
 from telemetra.ingest.timestamps import format_us
 from telemetra.store import query, schema
@@ -406,7 +406,7 @@ async def device_history(
     order: Annotated[Literal["asc", "desc"], Query(description="by event time")] = "asc",
 ) -> HistoryOut:
     """Raw readings of a device in [from, to), by event time, with cursor pagination."""
-    device = await _visible(request, caller, uid)
+    device = await visible_device(request, caller, uid)
     s, e = time_range(start, end)
     async with request.app.state.engine.connect() as conn:
         try:
@@ -441,7 +441,7 @@ async def device_aggregate(
     tz: Annotated[str, Query(description="only UTC for now")] = "UTC",
 ) -> AggregateOut:
     """Per-bucket aggregates of metrics, served from rollups wherever whole buckets allow."""
-    device = await _visible(request, caller, uid)
+    device = await visible_device(request, caller, uid)
     _no_tz(tz)
     s, e = time_range(start, end)
     bucket_us = auto_bucket(s, e, max_points) if bucket.strip() == "auto" else parse_bucket(bucket)
@@ -477,7 +477,7 @@ async def device_latest(
     metric: MetricParam = None,
 ) -> LatestList:
     """The newest value of each metric of a device, by event time (not by arrival)."""
-    device = await _visible(request, caller, uid)
+    device = await visible_device(request, caller, uid)
     async with request.app.state.engine.connect() as conn:
         rows = await query.latest(conn, device.tenant_id, device_ids=[device.id], metrics=metric)
     return LatestList(items=[_latest(r) for r in rows])
@@ -513,7 +513,7 @@ async def device_quality(
     request: Request, uid: str, caller: Annotated[Caller, role("viewer")]
 ) -> QualityOut:
     """A device's data quality: counters, rejections by reason, last seen, clock offset."""
-    device = await _visible(request, caller, uid)
+    device = await visible_device(request, caller, uid)
     async with request.app.state.engine.connect() as conn:
         summary = await query.quality(conn, device.tenant_id, device.id)
     if summary is None:  # deleted meanwhile
@@ -586,7 +586,7 @@ async def export_device(
     metric: MetricParam = None,
 ) -> StreamingResponse:
     """Raw readings of a device in [from, to) as a CSV download, streamed page by page."""
-    device = await _visible(request, caller, uid)
+    device = await visible_device(request, caller, uid)
     if format == "parquet":
         raise _invalid(
             "format", "Parquet export over HTTP is not supported yet: use format=csv", "csv"

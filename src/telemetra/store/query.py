@@ -458,12 +458,13 @@ async def aggregate(
 
 async def latest(
     conn: AsyncConnection,
-    tenant_id: int,
+    tenant_id: int | None,
     *,
     device_ids: Sequence[int] | None = None,
     metrics: Sequence[str] | None = None,
 ) -> list[LatestValue]:
-    """The newest value of each (device, metric) of the tenant, optionally narrowed down."""
+    """The newest value of each (device, metric) of the tenant (None: every tenant, for platform
+    admins), optionally narrowed down."""
     lt = schema.latest.c
     query = (
         select(
@@ -478,9 +479,10 @@ async def latest(
         )
         .join(devices, devices.c.id == lt.device_id)
         .join(schema.metrics, schema.metrics.c.id == lt.metric_id)
-        .where(lt.tenant_id == tenant_id, devices.c.tenant_id == tenant_id)
         .order_by(devices.c.uid, schema.metrics.c.name)
     )
+    if tenant_id is not None:
+        query = query.where(lt.tenant_id == tenant_id, devices.c.tenant_id == tenant_id)
     if device_ids is not None:
         query = query.where(lt.device_id.in_(sorted(set(device_ids))))
     if metrics is not None:
@@ -535,17 +537,20 @@ async def quality(conn: AsyncConnection, tenant_id: int, device_id: int) -> Qual
 
 async def dead_letters(
     conn: AsyncConnection,
-    tenant_id: int,
+    tenant_id: int | None,
     *,
     device_uid: str | None = None,
     reason: str | None = None,
     limit: int = 100,
     cursor: str | None = None,
 ) -> DeadLetterPage:
-    """The tenant's dead letters, newest first, ``limit`` per page (keyset cursor on id)."""
+    """The tenant's dead letters, newest first, ``limit`` per page (keyset cursor on id); with
+    ``tenant_id`` None (platform admins) every dead letter, including unknown devices'."""
     _check_limit(limit)
     d = schema.dead_letters.c
-    query = select(schema.dead_letters).where(d.tenant_id == tenant_id)
+    query = select(schema.dead_letters)
+    if tenant_id is not None:
+        query = query.where(d.tenant_id == tenant_id)
     if device_uid is not None:
         query = query.where(d.device_uid == device_uid)
     if reason is not None:
