@@ -1,6 +1,6 @@
 """Tenants and users: platform admins manage tenants; owners manage the users of their tenant.
 
-Every endpoint here re-reads the caller's account on each request (``active_caller``), so a
+Every endpoint here re-reads the caller's account on each request (``current_caller``), so a
 disabled, deleted or demoted user's still-unexpired token stops working at once.
 """
 
@@ -10,11 +10,11 @@ import asyncio
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import IntegrityError
 
-from telemetra.api.auth import Caller, current_caller, hash_password, password_matches
+from telemetra.api.auth import Caller, hash_password, password_matches, role
 from telemetra.api.errors import ApiError
 from telemetra.ingest.timestamps import format_us
 from telemetra.store import catalog
@@ -28,32 +28,6 @@ MAX_PASSWORD = 1024  # argon2 hashes any length; a cap keeps requests cheap
 
 
 # --- who is calling: the token, checked against the account as it is now ---
-
-
-async def active_caller(
-    request: Request, caller: Annotated[Caller, Depends(current_caller)]
-) -> Caller:
-    """The caller, if their account still exists and is enabled; role and tenant as stored now."""
-    async with request.app.state.engine.connect() as conn:
-        row = await catalog.get_user(conn, caller.user_id, None)
-    if row is None or row.disabled or row.username != caller.username:
-        raise ApiError(
-            401,
-            "this token's account is disabled or no longer exists",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return Caller(row.id, row.username, row.tenant_id, row.role)
-
-
-def require(minimum: str) -> Any:
-    """Like ``auth.role``, but on the account as stored now (see ``active_caller``)."""
-
-    async def check(caller: Annotated[Caller, Depends(active_caller)]) -> Caller:
-        if not caller.at_least(minimum):
-            raise ApiError(403, f"this needs the {minimum} role or higher")
-        return caller
-
-    return Depends(check)
 
 
 # --- models ---
@@ -210,7 +184,7 @@ Offset = Annotated[int, Query(ge=0)]
 @router.get("/tenants", response_model=TenantPage)
 async def list_tenants(
     request: Request,
-    caller: Annotated[Caller, require("viewer")],
+    caller: Annotated[Caller, role("viewer")],
     q: Annotated[str | None, Query(description="text in the name")] = None,
     limit: Limit = 100,
     offset: Offset = 0,
@@ -227,7 +201,7 @@ async def list_tenants(
 
 @router.post("/tenants", response_model=TenantOut, status_code=201)
 async def create_tenant(
-    request: Request, body: TenantIn, caller: Annotated[Caller, require("admin")]
+    request: Request, body: TenantIn, caller: Annotated[Caller, role("admin")]
 ) -> TenantOut:
     """Create a tenant (platform admins only); names are unique."""
     try:
@@ -267,7 +241,7 @@ def _guard_admin(caller: Caller, target: Any) -> None:
 @router.get("/users", response_model=UserPage)
 async def list_users(
     request: Request,
-    caller: Annotated[Caller, require("owner")],
+    caller: Annotated[Caller, role("owner")],
     tenant: Annotated[str | None, Query(description="tenant name (admins)")] = None,
     q: Annotated[str | None, Query(description="text in the username")] = None,
     limit: Limit = 100,
@@ -290,7 +264,7 @@ async def list_users(
 
 @router.post("/users", response_model=UserOut, status_code=201)
 async def create_user(
-    request: Request, body: UserIn, caller: Annotated[Caller, require("owner")]
+    request: Request, body: UserIn, caller: Annotated[Caller, role("owner")]
 ) -> UserOut:
     """Create a user; the password is stored only as an argon2 hash and never returned.
 
@@ -327,7 +301,7 @@ async def create_user(
 
 @router.patch("/users/{user_id}", response_model=UserOut)
 async def edit_user(
-    request: Request, user_id: int, body: UserPatch, caller: Annotated[Caller, require("viewer")]
+    request: Request, user_id: int, body: UserPatch, caller: Annotated[Caller, role("viewer")]
 ) -> UserOut:
     """Change a user's role, disabled flag or password (owners within their tenant, admins);
     anyone may change their own password, giving ``current_password``."""
@@ -362,7 +336,7 @@ async def edit_user(
 
 @router.delete("/users/{user_id}", status_code=204)
 async def delete_user(
-    request: Request, user_id: int, caller: Annotated[Caller, require("owner")]
+    request: Request, user_id: int, caller: Annotated[Caller, role("owner")]
 ) -> None:
     """Delete a user (owners within their tenant, admins); nobody deletes themselves."""
     target = await _visible_user(request, caller, user_id)
