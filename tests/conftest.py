@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -216,3 +217,12 @@ class TcpProxy:
     def close(self) -> None:
         self.take_down()
         self._server.close()
+
+
+@pytest.fixture
+async def world(engine: AsyncEngine, db_url: str, tmp_path: Path) -> AsyncIterator[Any]:
+    """API tests: two tenants, three logged-in users each, the app running in-process."""
+    from api_fixtures import make_world
+
+    async for made in make_world(engine, db_url, tmp_path / "data"):
+        yield made

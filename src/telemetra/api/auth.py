@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from telemetra.api.errors import ApiError
 from telemetra.store.schema import users
+from telemetra.store.tenancy import scope_to
 
 ROLES = ("viewer", "operator", "owner", "admin")  # each includes the rights of those before
 ALGORITHM = "HS256"
@@ -107,7 +108,10 @@ async def current_caller(request: Request, token: Annotated[str | None, Depends(
             "this token's account is disabled or no longer exists",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return Caller(row.id, row.username, row.tenant_id, row.role)
+    caller = Caller(row.id, row.username, row.tenant_id, row.role)
+    # Row-Level Security beneath the application's own scoping (PostgreSQL).
+    scope_to(None if caller.role == "admin" else caller.tenant_id)
+    return caller
 
 
 def role(minimum: str) -> Any:

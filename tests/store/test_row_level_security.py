@@ -1,0 +1,83 @@
+"""PostgreSQL Row-Level Security: a query that forgot its tenant filter still sees one tenant.
+
+Superusers bypass RLS whatever the table says, so this connects as an ordinary application
+role, as production should.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+from sqlalchemy import select, text
+
+from telemetra.store.catalog import create_device, create_tenant
+from telemetra.store.database import open_database
+from telemetra.store.schema import devices, tenants
+from telemetra.store.tenancy import TENANT_SCOPE, scope_to
+
+from conftest import PG_SERVER
+
+APP_ROLE = "telemetra_app_test"
+
+
+async def app_role_url(pg_url: str) -> str:
+    """The test database as seen by a non-superuser role with the usual privileges."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE)
+        if not exists:
+            await conn.execute(f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS")
+        await conn.execute(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
+        await conn.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}"
+        )
+        await conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}")
+    finally:
+        await conn.close()
+    return pg_url.replace(PG_SERVER.split("//", 1)[1].split("@")[0] + "@", f"{APP_ROLE}@", 1)
+
+
+async def test_forgotten_tenant_filter_returns_nothing_of_another_tenant(pg_url: str) -> None:
+    engine = await open_database(await app_role_url(pg_url), migrate_schema=False)
+    tag = uuid.uuid4().hex[:8]
+    mine, theirs = f"rls-a-dev-{tag}", f"rls-b-dev-{tag}"
+    try:
+        async with engine.begin() as conn:  # unscoped, like the CLI
+            a = await create_tenant(conn, f"rls-a-{tag}")
+            b = await create_tenant(conn, f"rls-b-{tag}")
+            await create_device(conn, a, mine)
+            await create_device(conn, b, theirs)
+
+        async def visible() -> tuple[set[str], set[str]]:
+            async with engine.connect() as conn:  # no tenant filter in these queries
+                uids = set((await conn.execute(select(devices.c.uid))).scalars())
+                names = set((await conn.execute(select(tenants.c.name))).scalars())
+            return {u for u in uids if tag in u}, {n for n in names if tag in n}
+
+        token = TENANT_SCOPE.set("")
+        try:
+            scope_to(a)
+            assert await visible() == ({mine}, {f"rls-a-{tag}"})
+            refused = False
+            try:
+                async with engine.begin() as conn:
+                    await create_device(conn, b, f"rls-sneak-{tag}")
+            except Exception:
+                refused = True
+            assert refused, "writing into another tenant must be refused"
+            scope_to(None)  # platform admin
+            assert await visible() == ({mine, theirs}, {f"rls-a-{tag}", f"rls-b-{tag}"})
+        finally:
+            TENANT_SCOPE.reset(token)
+        assert (await visible())[0] == {mine, theirs}  # unscoped: ingest and the CLI
+        async with engine.connect() as conn:
+            forced = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_class "
+                    "WHERE relrowsecurity AND relforcerowsecurity AND relname = 'readings'"
+                )
+            )
+        assert forced == 1
+    finally:
+        await engine.dispose()
