@@ -1,16 +1,22 @@
-"""Telemetry over HTTP on SQLite and PostgreSQL: history, aggregates and their sources, latest,
-quality, dead letters, CSV export, parameter errors and tenant isolation."""
+"""Telemetry over HTTP on SQLite and PostgreSQL: history, aggregates and their sources, calendar
+buckets across daylight-saving changes, latest, quality, dead letters, CSV and Parquet export,
+parameter errors and tenant isolation."""
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,6 +24,7 @@ from telemetra.api import telemetry
 from telemetra.api.auth import hash_password
 from telemetra.ingest.timestamps import format_us
 from telemetra.store.catalog import create_user, tenant_id_by_name
+from telemetra.store.query import HistoryRow
 
 from api_fixtures import PASSWORD, World, assert_error
 
@@ -367,6 +374,7 @@ async def test_errors_have_one_shape_and_other_tenants_get_404(world: World) -> 
     def url(path: str) -> str:
         return f"{API}/devices/{uid}/{path}"
 
+    centuries_of_days = {"metric": "t", "bucket": "1d", "to": "2400-01-01T00:00:00Z", "tz": "UTC"}
     bad: list[tuple[str, dict[str, Any], str | None]] = [
         ("telemetry", {"from": "yesterday"}, "query.from"),
         ("telemetry", {"to": "2026-13-01T00:00:00Z"}, "query.to"),
@@ -380,12 +388,17 @@ async def test_errors_have_one_shape_and_other_tenants_get_404(world: World) -> 
         ("telemetry", {"order": "sideways"}, None),
         ("aggregate", {}, None),  # metric is required
         ("aggregate", {"metric": "t", "bucket": "fortnight"}, "query.bucket"),
-        ("aggregate", {"metric": "t", "bucket": "1M"}, "query.bucket"),
+        ("aggregate", {"metric": "t", "bucket": "1y"}, "query.bucket"),
         ("aggregate", {"metric": "t", "bucket": "1s", "from": "-30d"}, "query.bucket"),
-        ("aggregate", {"metric": "t", "tz": "Europe/Berlin"}, "query.tz"),
+        ("aggregate", centuries_of_days, "query.bucket"),
+        ("aggregate", {"metric": "t", "bucket": "999999M", "tz": "Asia/Tokyo"}, "query.bucket"),
+        ("aggregate", {"metric": "t", "tz": "Mars/Olympus_Mons"}, "query.tz"),
+        ("aggregate", {"metric": "t", "tz": "europe/berlin"}, "query.tz"),
+        ("aggregate", {"metric": "t", "tz": "../../etc/passwd"}, "query.tz"),
+        ("aggregate", {"metric": "t", "tz": "Europe"}, "query.tz"),
+        ("aggregate", {"metric": "t", "tz": ""}, "query.tz"),
         ("aggregate", {"metric": "t", "fn": "median"}, None),
         ("aggregate", {"metric": "t", "max_points": 0}, None),
-        ("export", {"format": "parquet"}, "query.format"),
         ("export", {"format": "xlsx"}, None),
         ("export", {"from": "-10s", "to": "-30m"}, "query.from"),
     ]
@@ -394,17 +407,10 @@ async def test_errors_have_one_shape_and_other_tenants_get_404(world: World) -> 
         assert_error(reply, 422, "invalid_request")
         if field is not None:
             assert reply.json()["error"]["details"][0]["field"] == field, (path, params)
-    messages = {
-        "bucket=1M": (
-            await c.get(url("aggregate"), params={"metric": "t", "bucket": "1M"}, headers=h)
-        ),
-        "tz": (
-            await c.get(url("aggregate"), params={"metric": "t", "tz": "Europe/Berlin"}, headers=h)
-        ),
-        "parquet": (await c.get(url("export"), params={"format": "parquet"}, headers=h)),
-    }
-    for name, reply in messages.items():
-        assert "not supported yet" in reply.json()["error"]["message"], name
+    spelled = await c.get(
+        url("aggregate"), params={"metric": "t", "tz": "europe/berlin"}, headers=h
+    )
+    assert "did you mean 'Europe/Berlin'" in spelled.json()["error"]["message"]
     cursor = await c.get(f"{API}/deadletters", params={"cursor": "bm9wZQ"}, headers=h)
     assert_error(cursor, 422, "invalid_request")
     desc = await c.get(url("telemetry"), params={"limit": 1, "order": "desc"}, headers=h)
@@ -438,3 +444,305 @@ async def test_errors_have_one_shape_and_other_tenants_get_404(world: World) -> 
                 "message"
             ].replace("no-such-device", "X")
     assert_error(await c.get(url("telemetry")), 401, "unauthorized")
+
+
+# --- calendar buckets in a time zone ----------------------------------------------------------
+
+_ONE_US = timedelta(microseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DAY_US = 24 * HOUR
+Series = list[tuple[int, float]]  # ts (µs), value
+
+
+def at(text: str) -> int:
+    """An ISO-8601 time with Z or an offset as µs since the epoch."""
+    return (datetime.fromisoformat(text) - _EPOCH) // _ONE_US
+
+
+def every(first: str, last: str, step: int) -> list[int]:
+    """Times from ``first`` to ``last`` (inclusive), ``step`` µs apart."""
+    return list(range(at(first), at(last) + 1, step))
+
+
+async def device_with(world: World, times: Iterable[int]) -> tuple[str, Series]:
+    """A device of tenant a with one temperature reading at each time (all accepted)."""
+    uid, token = await new_device(world)
+    series = [(ts, round(10 + (i * 7919 % 83) / 4, 2)) for i, ts in enumerate(sorted(times))]
+    results = await ingest(world, token, [{"ts": ts // 1000, "temperature": v} for ts, v in series])
+    assert sum(r["accepted"] for r in results) == len(series), results
+    return uid, series
+
+
+def want_points(
+    series: Series, bounds: Sequence[str], start: str, end: str
+) -> list[dict[str, Any]]:
+    """Buckets [bounds[i], bounds[i+1]) of ``series`` within [start, end), computed here."""
+    edges = [at(b) for b in bounds]
+    lo, hi = at(start), at(end)
+    out = []
+    for b, e in itertools.pairwise(edges):
+        values = [v for ts, v in sorted(series) if b <= ts < e and lo <= ts < hi]
+        if values:
+            out.append({"ts": format_us(b), "count": len(values), "sum": math.fsum(values),
+                        "min": min(values), "max": max(values), "first": values[0],
+                        "last": values[-1], "avg": math.fsum(values) / len(values)})  # fmt: skip
+    return out
+
+
+EVERYTHING = ["avg", "min", "max", "count", "sum", "first", "last"]
+
+
+async def aggregate(world: World, uid: str, **params: Any) -> dict[str, Any]:
+    params = {"metric": "temperature", "fn": EVERYTHING, **params}
+    if "from_" in params:
+        params["from"] = params.pop("from_")
+    reply = await world.client.get(
+        f"{API}/devices/{uid}/aggregate", params=params, headers=world.auth("a-viewer")
+    )
+    assert reply.status_code == 200, reply.text
+    body: dict[str, Any] = reply.json()
+    return body
+
+
+def check_points(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    assert [p["ts"] for p in got] == [p["ts"] for p in want]
+    for g, w in zip(got, want, strict=True):
+        assert g["count"] == w["count"], g["ts"]
+        for fn in ("first", "last", "min", "max"):
+            assert g[fn] == w[fn], (g["ts"], fn)
+        for fn in ("sum", "avg"):
+            assert g[fn] == pytest.approx(w[fn]), (g["ts"], fn)
+
+
+@pytest.mark.parametrize(
+    ("day", "hours"),
+    [
+        # Clocks go forward at 02:00 CET: 2026-03-29 has 23 hours.
+        (("2026-03-28T00:00:00+01:00", "2026-03-29T00:00:00+01:00",
+          "2026-03-30T00:00:00+02:00", "2026-03-31T00:00:00+02:00"), (24, 23, 24)),
+        # Clocks go back at 03:00 CEST: 2026-10-25 has 25 hours.
+        (("2026-10-24T00:00:00+02:00", "2026-10-25T00:00:00+02:00",
+          "2026-10-26T00:00:00+01:00", "2026-10-27T00:00:00+01:00"), (24, 25, 24)),
+    ],
+)  # fmt: skip
+async def test_berlin_days_follow_daylight_saving(
+    world: World, day: tuple[str, ...], hours: tuple[int, ...]
+) -> None:
+    # One reading per hour from a day before to a day after, ingested over HTTP (late: flagged).
+    uid, series = await device_with(
+        world, range(at(day[0]) - DAY_US, at(day[-1]) + DAY_US + 1, HOUR)
+    )
+    body = await aggregate(world, uid, from_=day[0], to=day[-1], bucket="1d", tz="Europe/Berlin")
+    assert (body["bucket"], body["bucket_s"], body["tz"]) == ("1d", 86_400, "Europe/Berlin")
+    assert body["source"] == "rollup_1h"  # Berlin's midnights are whole hours in UTC
+    points = body["series"][0]["points"]
+    assert [p["local"] for p in points] == list(day[:3])
+    assert [p["ts"] for p in points] == [format_us(at(d)) for d in day[:3]]
+    assert [p["count"] for p in points] == list(hours)
+    assert [(at(b) - at(a)) // HOUR for a, b in itertools.pairwise(day)] == list(hours)
+    check_points(points, want_points(series, day, day[0], day[-1]))
+
+    # The same days without tz are UTC days of 24 hours, exactly as before (no `local`).
+    utc_from = day[0][:10] + "T00:00:00Z"
+    utc_to = format_us(at(utc_from) + 3 * DAY_US)
+    plain = await aggregate(world, uid, from_=utc_from, to=utc_to, bucket="1d")
+    assert (plain["bucket"], plain["bucket_s"], plain["source"]) == ("1d", 86_400, "rollup_1h")
+    assert "tz" not in plain
+    utc_days = [format_us(at(utc_from) + i * DAY_US) for i in range(4)]
+    assert [p["count"] for p in plain["series"][0]["points"]] == [24, 24, 24]
+    assert all("local" not in p for p in plain["series"][0]["points"])
+    check_points(plain["series"][0]["points"], want_points(series, utc_days, utc_from, utc_to))
+    # tz=UTC: the same buckets, with their local (UTC) start.
+    utc = await aggregate(world, uid, from_=utc_from, to=utc_to, bucket="1d", tz="UTC")
+    assert utc["tz"] == "UTC"
+    assert [p.pop("local") for p in utc["series"][0]["points"]] == [
+        d.replace("Z", "+00:00") for d in utc_days[:3]
+    ]
+    assert utc["series"] == plain["series"]
+
+    # A range cutting into the DST day and the next one: partial buckets from finer data.
+    cut_from = format_us(at(day[1]) + 11 * HOUR + 17 * MINUTE)
+    cut_to = format_us(at(day[2]) + 6 * HOUR + 30_000_000)
+    cut = await aggregate(world, uid, from_=cut_from, to=cut_to, bucket="1d", tz="Europe/Berlin")
+    assert [p["local"] for p in cut["series"][0]["points"]] == [day[1], day[2]]
+    check_points(cut["series"][0]["points"], want_points(series, day, cut_from, cut_to))
+
+
+async def test_new_york_months_across_the_dst_change(world: World) -> None:
+    # Every 6 hours from February to April, hourly over 2026-03-08 (clocks forward at 02:00 EST),
+    # and readings half an hour either side of each local month start.
+    times = set(every("2026-01-31T00:00:00Z", "2026-05-02T00:00:00Z", 6 * HOUR))
+    times |= set(every("2026-03-08T00:00:00-05:00", "2026-03-09T00:00:00-04:00", HOUR))
+    for month_start in ("2026-03-01T00:00:00-05:00", "2026-04-01T00:00:00-04:00",
+                        "2026-05-01T00:00:00-04:00", "2026-02-01T00:00:00-05:00"):  # fmt: skip
+        times |= {at(month_start) - 30 * MINUTE, at(month_start), at(month_start) + 30 * MINUTE}
+    uid, series = await device_with(world, times)
+
+    months = ("2026-02-01T00:00:00-05:00", "2026-03-01T00:00:00-05:00",
+              "2026-04-01T00:00:00-04:00", "2026-05-01T00:00:00-04:00")  # fmt: skip
+    body = await aggregate(
+        world, uid, from_=months[0], to=months[-1], bucket="1M", tz="America/New_York"
+    )
+    assert (body["bucket"], body["tz"], body["source"]) == ("1M", "America/New_York", "rollup_1h")
+    points = body["series"][0]["points"]
+    assert [p["ts"] for p in points] == [
+        "2026-02-01T05:00:00Z", "2026-03-01T05:00:00Z", "2026-04-01T04:00:00Z"
+    ]  # fmt: skip
+    assert [p["local"] for p in points] == list(months[:3])
+    check_points(points, want_points(series, months, months[0], months[-1]))
+    # The 23:30 reading before each local month start belongs to the month before.
+    assert points[1]["first"] == dict(series)[at(months[1])]
+    assert points[1]["last"] == dict(series)[at(months[2]) - 30 * MINUTE]
+
+    # Without tz, months are UTC months.
+    utc_months = ("2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z",
+                  "2026-05-01T00:00:00Z")  # fmt: skip
+    utc = await aggregate(world, uid, from_=utc_months[0], to=utc_months[-1], bucket="1M")
+    assert (utc["bucket"], utc["tz"], utc["bucket_s"]) == ("1M", "UTC", 2_629_746)
+    assert all("local" not in p for p in utc["series"][0]["points"])
+    check_points(utc["series"][0]["points"], want_points(series, utc_months, *utc_months[::3]))
+
+    # bucket=auto with tz: calendar buckets once a fixed one would be a day or longer.
+    for max_points, bucket in ((3, "1M"), (20, "1w"), (100, "1d"), (2, "3M"), (1, "12M")):
+        auto = await aggregate(
+            world, uid, from_=months[0], to=months[-1], tz="America/New_York",
+            max_points=max_points,
+        )  # fmt: skip
+        assert auto["bucket"] == bucket, max_points
+        points = auto["series"][0]["points"]
+        assert 0 < len(points) <= max_points
+        assert sum(p["count"] for p in points) == len(
+            [ts for ts, _ in series if at(months[0]) <= ts < at(months[-1])]
+        )
+        if bucket == "1w":  # weeks start on Monday at local midnight
+            starts = [datetime.fromisoformat(p["local"]) for p in points[1:]]
+            assert {(d.weekday(), d.hour, d.minute) for d in starts} == {(0, 0, 0)}
+    fine = await aggregate(
+        world, uid, from_="2026-03-08T00:00:00-05:00", to="2026-03-09T00:00:00-04:00",
+        tz="America/New_York", max_points=30,
+    )  # fmt: skip
+    assert (fine["bucket"], fine["bucket_s"], fine["tz"]) == ("1h", 3600, "America/New_York")
+    hours = fine["series"][0]["points"]
+    assert len(hours) == 23 and hours[2]["local"] == "2026-03-08T03:00:00-04:00"
+
+
+async def test_kolkata_days_are_read_from_minute_rollups(world: World) -> None:
+    # India is UTC+05:30: local midnight is 18:30 UTC, not a whole hour.
+    uid, series = await device_with(
+        world, every("2026-06-09T12:00:00Z", "2026-06-12T20:00:00Z", 15 * MINUTE)
+    )
+    days = ("2026-06-10T00:00:00+05:30", "2026-06-11T00:00:00+05:30",
+            "2026-06-12T00:00:00+05:30", "2026-06-13T00:00:00+05:30")  # fmt: skip
+    body = await aggregate(world, uid, from_=days[0], to=days[-1], bucket="1d", tz="Asia/Kolkata")
+    assert body["source"] == "rollup_1m"
+    points = body["series"][0]["points"]
+    assert [p["ts"] for p in points] == [
+        "2026-06-09T18:30:00Z", "2026-06-10T18:30:00Z", "2026-06-11T18:30:00Z"
+    ]  # fmt: skip
+    assert [p["local"] for p in points] == list(days[:3])
+    assert [p["count"] for p in points] == [96, 96, 96]
+    check_points(points, want_points(series, days, days[0], days[-1]))
+    assert points[1]["first"] == dict(series)[at("2026-06-10T18:30:00Z")]
+    assert points[1]["last"] == dict(series)[at("2026-06-11T18:15:00Z")]
+
+    # Weeks from Monday; a range that ends mid-week cuts the last one.
+    week = await aggregate(
+        world, uid, from_="2026-06-08T00:00:00+05:30", to="2026-06-12T03:00:00+05:30",
+        bucket="1w", tz="Asia/Kolkata",
+    )  # fmt: skip
+    (point,) = week["series"][0]["points"]
+    assert point["local"] == "2026-06-08T00:00:00+05:30"
+    check_points([point], want_points(series, ["2026-06-07T18:30:00Z", "2026-06-14T18:30:00Z"],
+                                      "2026-06-07T18:30:00Z", "2026-06-11T21:30:00Z"))  # fmt: skip
+
+
+# --- Parquet export ---------------------------------------------------------------------------
+
+PARQUET_SCHEMA = pa.schema(
+    [
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("text", pa.string()),
+        ("flags", pa.int32()),
+    ]
+)
+
+
+async def test_export_parquet(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(telemetry, "EXPORT_PAGE", 7)
+    monkeypatch.setattr(telemetry, "PARQUET_ROW_GROUP_PAGES", 2)  # row groups of 14 rows
+    c = world.client
+    start = hour_base()
+    uid, readings = await fleet_of_readings(world, start, 20)
+    rotated = await c.post(f"{API}/devices/{uid}/token", headers=world.auth("a-operator"))
+    token = rotated.json()["token"]
+    await ingest(world, token, [{"ts": (start + 30 * MINUTE) // 1000, "status": "door open"}])
+    reply = await c.get(
+        f"{API}/devices/{uid}/export",
+        params={"format": "parquet", "from": format_us(start), "to": format_us(start + HOUR)},
+        headers=world.auth("a-viewer"),
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"] == "application/vnd.apache.parquet"
+    assert reply.headers["content-disposition"] == (
+        f'attachment; filename="{uid}-telemetry.parquet"'
+    )
+    file = pq.ParquetFile(io.BytesIO(reply.content))
+    assert file.schema_arrow == PARQUET_SCHEMA
+    assert file.metadata.num_rows == 41
+    assert file.metadata.num_row_groups == 3  # 14 + 14 + 13 rows
+    table = file.read()
+    rows = table.to_pylist()
+    start_dt = _EPOCH + timedelta(microseconds=start)
+    got = {(r["ts"], r["metric"], r["value"]) for r in rows if r["text"] is None}
+    assert got == {(_EPOCH + timedelta(microseconds=ts), m, v) for m, ts, v in readings}
+    assert [r["ts"] for r in rows] == sorted(r["ts"] for r in rows)
+    assert rows[0]["ts"] == start_dt and rows[0]["ts"].tzinfo is not None
+    (text,) = [r for r in rows if r["text"] is not None]
+    assert text["metric"] == "status" and text["text"] == "door open" and text["value"] is None
+    assert all(isinstance(r["flags"], int) for r in rows)
+
+    only = await c.get(
+        f"{API}/devices/{uid}/export",
+        params={"format": "parquet", "metric": "humidity", "from": format_us(start),
+                "to": format_us(start + 3 * MINUTE)},
+        headers=world.auth("a-viewer"),
+    )  # fmt: skip
+    small = pq.read_table(io.BytesIO(only.content))
+    assert small.column("metric").to_pylist() == ["humidity"] * 3
+    assert small.column("value").to_pylist() == [v for m, _, v in readings if m == "humidity"][:3]
+
+    # Nothing in range: a valid file with the columns and no rows.
+    empty = await c.get(
+        f"{API}/devices/{uid}/export",
+        params={"format": "parquet", "from": "2020-01-01T00:00:00Z", "to": "2020-01-02T00:00:00Z"},
+        headers=world.auth("a-viewer"),
+    )
+    nothing = pq.read_table(io.BytesIO(empty.content))
+    assert nothing.schema == PARQUET_SCHEMA and nothing.num_rows == 0
+
+
+async def test_parquet_leaves_row_group_by_row_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(telemetry, "EXPORT_PAGE", 100)
+    monkeypatch.setattr(telemetry, "PARQUET_ROW_GROUP_PAGES", 3)
+    handed_out: list[int] = []
+
+    async def pages() -> AsyncIterator[list[HistoryRow]]:
+        for p in range(10):
+            handed_out.append(p)
+            yield [
+                HistoryRow(f"m{i % 3}", p * 1000 + i, float(i), None, 0, 0, None)
+                for i in range(100)
+            ]
+
+    chunks: list[bytes] = []
+    async for chunk in telemetry._parquet_chunks(pages(), pa, pq):
+        chunks.append(chunk)
+        # Bytes leave once a row group is written: never more than one group of pages ahead.
+        assert len(handed_out) <= 3 * len(chunks)
+    assert len(chunks) == 3 + 1  # three full row groups, then the last one with the footer
+    assert chunks[0].startswith(b"PAR1") and chunks[-1].endswith(b"PAR1")
+    file = pq.ParquetFile(io.BytesIO(b"".join(chunks)))
+    assert file.metadata.num_row_groups == 4 and file.metadata.num_rows == 1000
+    assert file.read().column("ts").to_pylist()[-1] == _EPOCH + timedelta(microseconds=9099)

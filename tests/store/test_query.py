@@ -432,6 +432,163 @@ async def test_rollups_and_raw_agree(
         assert close(x.avg, math.fsum(sums[x.metric, x.start]) / len(sums[x.metric, x.start]))
 
 
+# --- aggregates over explicit boundaries (calendar buckets) -----------------------------------
+
+
+def reference_bounds(
+    raw: Sequence[Raw], bounds: Sequence[int], start: int, end: int
+) -> list[tuple[str, int, int, float, float, float, float]]:
+    """Pure-Python buckets [bounds[i], bounds[i+1]) over [start, end)."""
+    groups: dict[tuple[str, int], list[tuple[int, float]]] = defaultdict(list)
+    for m, ts, v in raw:
+        if v is None or not (start <= ts < end and bounds[0] <= ts < bounds[-1]):
+            continue
+        i = max(i for i, b in enumerate(bounds) if b <= ts)
+        groups[m, bounds[i]].append((ts, v))
+    out = []
+    for (m, b), points in sorted(groups.items()):
+        points.sort()
+        values = [v for _, v in points]
+        out.append((m, b, len(values), min(values), max(values), points[0][1], points[-1][1]))
+    return out
+
+
+def test_split_by_source_and_bounds_source() -> None:
+    q = 15 * MINUTE
+    assert query.split_by_source(T0, T0 + DAY) == [(T0, T0 + DAY, "rollup_1h")]
+    # A +05:30 day: whole hours from the hourly rollup, the half hours from the minute rollup.
+    assert query.split_by_source(T0 - 30 * MINUTE, T0 + DAY - 30 * MINUTE) == [
+        (T0 - 30 * MINUTE, T0, "rollup_1m"),
+        (T0, T0 + DAY - HOUR, "rollup_1h"),
+        (T0 + DAY - HOUR, T0 + DAY - 30 * MINUTE, "rollup_1m"),
+    ]
+    assert query.split_by_source(T0 + 1, T0 + MINUTE + 5) == [(T0 + 1, T0 + MINUTE + 5, "raw")]
+    assert query.split_by_source(T0 + 1, T0 + 3 * MINUTE) == [
+        (T0 + 1, T0 + MINUTE, "raw"),
+        (T0 + MINUTE, T0 + 3 * MINUTE, "rollup_1m"),
+    ]
+    assert query.split_by_source(T0, T0) == []
+
+    days = [T0 + i * DAY for i in range(4)]
+    assert query.bounds_source(days) == "rollup_1h"
+    assert query.bounds_source(days, T0 + 5, T0 + 3 * DAY - 5) == "rollup_1h"  # cut edges
+    assert query.bounds_source([b + q for b in days]) == "rollup_1m"  # +08:45-like days
+    assert query.bounds_source([b + 7 for b in days]) == "raw"
+    assert query.bounds_source(days, T0 + 5, T0 + DAY - 5) == "rollup_1h"  # no whole bucket
+    assert query.bounds_source(days, T0 + 5, T0 + 3 * MINUTE) == "rollup_1m"  # longest piece
+    assert query.bounds_source(days, T0 + 5, T0 + MINUTE + 30_000_000) == "raw"
+    for bad in ([T0], [T0, T0], [T0 + 1, T0]):
+        with pytest.raises(ValueError, match="bounds"):
+            query.bounds_source(bad)
+
+
+async def test_aggregate_bounds_merges_pieces_exactly(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(query, "_SPANS_PER_QUERY", 3)  # several statements per source
+    async with engine.begin() as conn:
+        w = await make_world(conn)
+        a, b = sorted(w.metric_ids)
+        raw: list[Raw] = []
+        for i in range(0, 3 * 24 * 60, 7):  # every 7 minutes for three days, two metrics
+            raw.append((a, T0 + i * MINUTE + 11, float(i % 13) - 4.5))
+            if i % 3:
+                raw.append((b, T0 + i * MINUTE, float(i)))
+        raw.append((a, T0 + 10 * MINUTE, None))
+        await insert_readings(conn, w, raw)
+
+    # Days of a +08:45 zone (not whole hours in UTC), a month-like uneven bucket, a cut range.
+    shift = 15 * HOUR + 15 * MINUTE
+    bounds = [T0 - shift, T0 + DAY - shift, T0 + 2 * DAY - shift + HOUR, T0 + 3 * DAY]
+    async with engine.connect() as conn:
+        for start, end in ((None, None), (T0 + 17, T0 + 2 * DAY + 5 * MINUTE + 3)):
+            got = await query.aggregate_bounds(
+                conn, w.tenant_id, w.device_id, metrics=[a, b, "no-such-metric"],
+                bounds=bounds, start=start, end=end, funcs=ALL_FUNCS,
+            )  # fmt: skip
+            lo = bounds[0] if start is None else start
+            hi = bounds[-1] if end is None else end
+            want = reference_bounds(raw, bounds, lo, hi)
+            assert [
+                (x.metric, x.start, x.count, x.min, x.max, x.first, x.last) for x in got
+            ] == want
+            for x in got:
+                cut = start is not None and x.start != bounds[1]  # µs edges come from raw
+                assert x.source == ("raw" if cut else "rollup_1m")
+                values = [
+                    v for m, ts, v in raw if m == x.metric and v is not None and lo <= ts < hi
+                    and x.start <= ts < bounds[bounds.index(x.start) + 1]
+                ]  # fmt: skip
+                assert close(x.sum, math.fsum(values))
+                assert close(x.avg, math.fsum(values) / len(values))
+
+        only = await query.aggregate_bounds(
+            conn, w.tenant_id, w.device_id, metrics=[a], bounds=bounds, funcs=["last"]
+        )
+        assert [(x.avg, x.count, x.first) for x in only] == [(None, None, None)] * 3
+        assert [x.last for x in only] == [row[6] for row in reference_bounds(raw, bounds, 0, 2**62)
+                                          if row[0] == a]  # fmt: skip
+        assert await query.aggregate_bounds(
+            conn, w.tenant_id, w.device_id, metrics=[a], bounds=bounds, start=T0 + 5 * DAY,
+            end=T0 + 6 * DAY,
+        ) == []  # fmt: skip
+        with pytest.raises(ValueError, match="'median'"):
+            await query.aggregate_bounds(conn, 1, 1, metrics=[a], bounds=bounds, funcs=["median"])
+        with pytest.raises(ValueError, match="increase"):
+            await query.aggregate_bounds(conn, 1, 1, metrics=[a], bounds=[T0, T0])
+        with pytest.raises(ValueError, match="before start"):
+            await query.aggregate_bounds(
+                conn, 1, 1, metrics=[a], bounds=bounds, start=T0, end=T0 - 1
+            )
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    points=series,
+    cuts=st.lists(st.integers(-8, 2 * 24 * 4 + 8), min_size=2, max_size=12, unique=True),
+    jitter=st.integers(0, 2),
+    edges=st.tuples(st.integers(-2 * HOUR, 2 * HOUR), st.integers(-2 * HOUR, 2 * HOUR)),
+)
+async def test_aggregate_bounds_agree_with_raw(
+    engine: AsyncEngine,
+    points: list[tuple[int, int, float | None]],
+    cuts: list[int],
+    jitter: int,
+    edges: tuple[int, int],
+) -> None:
+    async with engine.begin() as conn:
+        w = await make_world(conn)
+        names = sorted(w.metric_ids)
+        raw: list[Raw] = [(names[m], T0 + off, v) for m, off, v in points]
+        await insert_readings(conn, w, raw)
+    # Boundaries on quarter hours, minutes or arbitrary µs; the range may cut the outer buckets.
+    unit = (15 * MINUTE, 15 * MINUTE + MINUTE, 15 * MINUTE + 1)[jitter]
+    bounds = sorted(T0 + c * unit for c in cuts)
+    start, end = bounds[0] + edges[0], bounds[-1] + edges[1]
+    if start >= end:
+        start, end = end, start + 1
+    async with engine.connect() as conn:
+        got = await query.aggregate_bounds(
+            conn, w.tenant_id, w.device_id, metrics=names, bounds=bounds, start=start, end=end,
+            funcs=ALL_FUNCS,
+        )  # fmt: skip
+    want = reference_bounds(raw, bounds, start, end)
+    assert [(x.metric, x.start, x.count, x.min, x.max, x.first, x.last) for x in got] == want
+    for x in got:
+        i = bounds.index(x.start)
+        values = [
+            v for m, ts, v in raw
+            if m == x.metric and v is not None and start <= ts < end
+            and bounds[i] <= ts < bounds[i + 1]
+        ]  # fmt: skip
+        assert close(x.sum, math.fsum(values))
+        assert close(x.avg, math.fsum(values) / len(values))
+
+
 # --- latest, quality, dead letters, device lookup ---------------------------------------------
 
 
@@ -626,6 +783,11 @@ async def test_other_tenant_sees_nothing(engine: AsyncEngine) -> None:
                     funcs=ALL_FUNCS,
                 )
                 assert bool(buckets) is visible
+            for bounds in ([T0, T0 + DAY], [T0 - 1, T0 + 30 * MINUTE + 7, T0 + DAY]):
+                spans = await query.aggregate_bounds(
+                    conn, tenant, a.device_id, metrics=[m], bounds=bounds, funcs=ALL_FUNCS
+                )
+                assert bool(spans) is visible
             assert bool(await query.latest(conn, tenant, device_ids=[a.device_id])) is visible
             assert bool(await query.latest(conn, tenant)) is visible
             assert (await query.quality(conn, tenant, a.device_id) is not None) is visible
