@@ -10,7 +10,7 @@ import asyncio
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import IntegrityError
 
@@ -174,8 +174,10 @@ def _user(row: Any) -> UserOut:  # never the password hash
     )  # fmt: skip
 
 
+MAX_INT64 = 2**63 - 1  # ids and offsets are 64-bit in the database: larger ones are a 422
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_INT64)]
+UserId = Annotated[int, Path(ge=1, le=MAX_INT64)]
 
 
 # --- tenants ---
@@ -301,7 +303,7 @@ async def create_user(
 
 @router.patch("/users/{user_id}", response_model=UserOut)
 async def edit_user(
-    request: Request, user_id: int, body: UserPatch, caller: Annotated[Caller, role("viewer")]
+    request: Request, user_id: UserId, body: UserPatch, caller: Annotated[Caller, role("viewer")]
 ) -> UserOut:
     """Change a user's role, disabled flag or password (owners within their tenant, admins);
     anyone may change their own password, giving ``current_password``."""
@@ -336,7 +338,7 @@ async def edit_user(
 
 @router.delete("/users/{user_id}", status_code=204)
 async def delete_user(
-    request: Request, user_id: int, caller: Annotated[Caller, role("owner")]
+    request: Request, user_id: UserId, caller: Annotated[Caller, role("owner")]
 ) -> None:
     """Delete a user (owners within their tenant, admins); nobody deletes themselves."""
     target = await _visible_user(request, caller, user_id)

@@ -25,8 +25,14 @@ def _zone(value: str | None) -> str | None:
     if value is not None:
         try:
             ZoneInfo(value)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, OSError):  # OSError: "America" is a folder of zones
             raise ValueError(f"unknown time zone {value!r}; use an IANA name") from None
+    return value
+
+
+def _not_null(value: str | None) -> str:
+    if value is None:
+        raise ValueError("may be left out, but not null")
     return value
 
 
@@ -34,8 +40,8 @@ class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     uid: str = Field(examples=["greenhouse-1"], description="MQTT topic level and username")
-    name: str | None = None
-    type: str | None = Field(None, examples=["climate"])
+    name: str | None = Field(None, max_length=200)
+    type: str | None = Field(None, max_length=64, examples=["climate"])
     timezone: str | None = Field(None, examples=["Europe/Berlin"])
     metadata: dict[str, Any] = Field(
         default_factory=dict, examples=[{"location": {"lat": 48.2, "lon": 16.4}, "firmware": "1.2"}]
@@ -49,13 +55,14 @@ class DevicePatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = None
-    type: str | None = None
+    name: str | None = Field(None, max_length=200)
+    type: str | None = Field(None, max_length=64)
     timezone: str | None = None
     metadata: dict[str, Any] | None = None
     status: str | None = Field(None, pattern="^(active|disabled)$")
 
     _check_zone = field_validator("timezone")(_zone)
+    _check_status = field_validator("status")(_not_null)  # the column is NOT NULL
 
 
 class DeviceOut(BaseModel):
@@ -114,7 +121,7 @@ async def list_devices(
     type: str | None = None,
     q: Annotated[str | None, Query(description="text in uid or name")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # 64-bit in the database
 ) -> DevicePage:
     """Devices of the caller's tenant, by uid."""
     async with request.app.state.engine.connect() as conn:

@@ -8,6 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 log = structlog.get_logger("telemetra.api")
@@ -23,6 +24,8 @@ _CODES = {
     422: "invalid_request",
     429: "rate_limited",
 }
+# PostgreSQL refuses some text the client sent (NUL characters, "\u0000" in JSON): a 422, not a 500.
+UNSTORABLE_TEXT = {"22021", "22P05"}  # character_not_in_repertoire, untranslatable_character
 
 
 class ApiError(Exception):
@@ -87,3 +90,15 @@ def install(app: FastAPI) -> None:
             error_body("internal_error", "an unexpected error occurred; it has been logged"),
             status_code=500,
         )
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, error: DBAPIError) -> JSONResponse:
+        if getattr(error.orig, "sqlstate", None) in UNSTORABLE_TEXT:
+            return JSONResponse(
+                error_body(
+                    "invalid_request",
+                    "the request holds text the database cannot store (such as NUL characters)",
+                ),
+                status_code=422,
+            )
+        return await unexpected(request, error)

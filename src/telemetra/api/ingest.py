@@ -160,7 +160,23 @@ async def ingest(request: Request, uid: Annotated[str, Depends(authenticated_dev
     return _result(outcome)
 
 
-@router.post("/ingest/batch", response_model=BatchResult)
+_BATCH_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "items": {"oneOf": [{"type": "object"}, {"type": "array"}]},
+                },
+                "example": [{"temperature": 21.5}, {"ts": 1795660000000, "values": {"rh": 40}}],
+            }
+        },
+    }
+}
+
+
+@router.post("/ingest/batch", response_model=BatchResult, openapi_extra=_BATCH_DOC)
 async def ingest_batch(request: Request, uid: Annotated[str, Depends(authenticated_device)]) -> Any:
     """Several messages of the authenticated device: a JSON array, one message per element."""
     body = await _body(request)
