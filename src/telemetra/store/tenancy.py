@@ -20,8 +20,17 @@ def scope_to(tenant_id: int | None) -> None:
     TENANT_SCOPE.set(ALL_TENANTS if tenant_id is None else str(tenant_id))
 
 
-def apply_scope(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-    """Pool checkout hook (PostgreSQL): carry the task's scope into the session."""
+def apply_scope(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Pool checkout hook (PostgreSQL): carry the task's scope into the session.
+
+    Set at every checkout once a connection has been scoped (the setting may have been rolled
+    back with its transaction); a connection that never was stays unscoped for free, so
+    ingest workers pay no extra round trip.
+    """
+    scope = TENANT_SCOPE.get()
+    if not scope and not record.info.get("scoped"):
+        return
     cursor = dbapi_connection.cursor()
-    cursor.execute("SELECT set_config('telemetra.tenant_id', $1, false)", (TENANT_SCOPE.get(),))
+    cursor.execute("SELECT set_config('telemetra.tenant_id', $1, false)", (scope,))
     cursor.close()
+    record.info["scoped"] = True
