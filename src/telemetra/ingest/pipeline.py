@@ -540,8 +540,8 @@ class Pipeline:
         self.stats["messages"] += len(works)
         self.stats["readings"] += result.inserted
         self.stats["rejections"] += len(letters)
-        for work in works:
-            prometheus.MESSAGES.labels(work.message.source).inc()
+        for source, n in Counter(w.message.source for w in works).items():
+            prometheus.MESSAGES.labels(source).inc(n)
         prometheus.READINGS.inc(result.inserted)
         for letter in letters:
             prometheus.REJECTIONS.labels(letter["reason"]).inc()
