@@ -33,12 +33,13 @@ class World:
 
 
 async def make_world(
-    engine: AsyncEngine, db_url: str, data_dir: Path | None = None
+    engine: AsyncEngine, db_url: str, data_dir: Path | None = None, mqtt_url: str | None = None
 ) -> AsyncIterator[World]:
     """An app on ``engine`` with tenants a and b, each with a logged-in owner, operator, viewer."""
     settings = Settings(
         database_url=db_url, secret_key=SECRET, max_request_bytes=4096,
         data_dir=data_dir or Path(tempfile.mkdtemp(prefix="telemetra-api-")),
+        mqtt_url=mqtt_url or "mqtt://127.0.0.1:1",
     )  # fmt: skip
     app = create_app(settings, engine)
     tag = uuid.uuid4().hex[:8]

@@ -220,9 +220,11 @@ class TcpProxy:
 
 
 @pytest.fixture
-async def world(engine: AsyncEngine, db_url: str, tmp_path: Path) -> AsyncIterator[Any]:
+async def world(
+    engine: AsyncEngine, db_url: str, tmp_path: Path, mosquitto: Broker
+) -> AsyncIterator[Any]:
     """API tests: two tenants, three logged-in users each, the app running in-process."""
     from api_fixtures import make_world
 
-    async for made in make_world(engine, db_url, tmp_path / "data"):
+    async for made in make_world(engine, db_url, tmp_path / "data", mosquitto.url):
         yield made

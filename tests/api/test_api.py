@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 import uuid
 
+import httpx
 import jwt
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra.api.app import create_app
 from telemetra.config import Settings
@@ -19,7 +21,7 @@ async def test_health_ready_and_login(world: World) -> None:
     c = world.client
     assert (await c.get("/health")).json() == {"status": "ok"}
     ready = await c.get("/ready")
-    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
     me = await c.get("/api/v1/auth/me", headers=world.auth("a-operator"))
     assert me.json()["role"] == "operator"
     wrong = await c.post("/api/v1/auth/token", data={"username": "nobody", "password": "x"})
@@ -195,3 +197,22 @@ async def test_device_certificates(world: World) -> None:
         404,
         "not_found",
     )
+
+
+async def test_ready_names_an_unreachable_broker(engine: AsyncEngine, db_url: str) -> None:
+    from conftest import free_port
+
+    app = create_app(
+        Settings(
+            database_url=db_url, secret_key=SECRET, mqtt_url=f"mqtt://127.0.0.1:{free_port()}"
+        ),
+        engine,
+    )
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+    ):
+        reply = await c.get("/ready")
+    assert reply.status_code == 503
+    assert reply.json()["checks"]["broker"].startswith("unreachable at 127.0.0.1:")
+    assert reply.json()["checks"]["database"] == "ok"
