@@ -28,7 +28,10 @@ from conftest import PG_SERVER, Broker, TcpProxy, stop
 NOW_MS = int(time.time() * 1000) - 60_000
 
 
-def start_ingest(db_url: str, broker: Broker, client_id: str, log: Path) -> subprocess.Popen[bytes]:
+def start_ingest(
+    db_url: str, broker: Broker, client_id: str, log: Path, *, wait: bool = True
+) -> subprocess.Popen[bytes]:
+    """`telemetra ingest` as a subprocess; by default returns once it is connected."""
     env = {
         **os.environ,
         "TELEMETRA_DATABASE_URL": db_url,
@@ -45,7 +48,7 @@ def start_ingest(db_url: str, broker: Broker, client_id: str, log: Path) -> subp
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 20
-    while b"connected to broker" not in log.read_bytes():
+    while wait and b"connected to broker" not in log.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
             stop(proc)
             pytest.fail(f"ingest did not start:\n{log.read_text()[-3000:]}")
@@ -334,19 +337,7 @@ async def test_broker_restart_and_late_broker_are_survived(
     port = free_port()
     folder = tmp_path / "broker"
     late = Broker(port, None, folder)  # type: ignore[arg-type]
-    env_worker = subprocess.Popen(
-        [sys.executable, "-m", "telemetra.cli", "ingest"],
-        env={
-            **os.environ,
-            "TELEMETRA_DATABASE_URL": db_url,
-            "TELEMETRA_MQTT_URL": late.url,
-            "TELEMETRA_AUTO_REGISTER": "1",
-            "TELEMETRA_MQTT_CLIENT_ID": f"ingest-{p}",
-            "TELEMETRA_LOG_FORMAT": "json",
-        },
-        stdout=ingest_log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    env_worker = start_ingest(db_url, late, f"ingest-{p}", ingest_log, wait=False)
     engine = await open_database(db_url, migrate_schema=False)
     broker = None
     try:
@@ -385,19 +376,7 @@ async def test_worker_waits_for_the_database_at_start(
     p = f"wait{uuid.uuid4().hex[:6]}"
     with outage(pg_url) as (worker_url, down, up):
         down()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "telemetra.cli", "ingest"],
-            env={
-                **os.environ,
-                "TELEMETRA_DATABASE_URL": worker_url,
-                "TELEMETRA_MQTT_URL": mosquitto.url,
-                "TELEMETRA_AUTO_REGISTER": "1",
-                "TELEMETRA_MQTT_CLIENT_ID": f"ingest-{p}",
-                "TELEMETRA_LOG_FORMAT": "json",
-            },
-            stdout=ingest_log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+        proc = start_ingest(worker_url, mosquitto, f"ingest-{p}", ingest_log, wait=False)
         engine = await open_database(pg_url, migrate_schema=False)
         try:
             deadline = time.monotonic() + 15
