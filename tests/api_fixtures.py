@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -33,13 +34,17 @@ class World:
 
 
 async def make_world(
-    engine: AsyncEngine, db_url: str, data_dir: Path | None = None, mqtt_url: str | None = None
+    engine: AsyncEngine,
+    db_url: str,
+    data_dir: Path | None = None,
+    mqtt_url: str | None = None,
+    **settings_: Any,
 ) -> AsyncIterator[World]:
     """An app on ``engine`` with tenants a and b, each with a logged-in owner, operator, viewer."""
     settings = Settings(
         database_url=db_url, secret_key=SECRET, max_request_bytes=4096,
         data_dir=data_dir or Path(tempfile.mkdtemp(prefix="telemetra-api-")),
-        mqtt_url=mqtt_url or "mqtt://127.0.0.1:1",
+        mqtt_url=mqtt_url or "mqtt://127.0.0.1:1", **settings_,
     )  # fmt: skip
     app = create_app(settings, engine)
     tag = uuid.uuid4().hex[:8]

@@ -201,8 +201,43 @@ def device_create(
         )
 
     token = in_database(create, write=True)
+    synced = _sync_broker()
     console.print(f"device {uid!r} created in tenant {tenant!r}. Its token (shown only once):")
     print(token)
+    if not synced:
+        raise typer.Exit(1)
+
+
+def _broker_sync(out: Path) -> Any:
+    """Rewrite ``out``'s passwd and acl from the devices table and reload Mosquitto."""
+    from telemetra.broker.mosquitto import broker_accounts, sync_accounts, sync_lock
+
+    with sync_lock(out):
+        return sync_accounts(out, in_database(broker_accounts))
+
+
+def _sync_broker() -> bool:
+    """After a device change: keep the broker in step when TELEMETRA_BROKER_DIR is set.
+
+    Says what happened; False when the broker's files could not be updated (the device change
+    itself is committed: the caller still shows its result, then exits non-zero).
+    """
+    out = settings().broker_dir
+    if out is None:
+        console.print(
+            "broker: TELEMETRA_BROKER_DIR is not set; update Mosquitto's files with "
+            "`telemetra broker-config --out DIR --sync`",
+            highlight=False,
+        )
+        return True
+    try:
+        result = _broker_sync(out)
+    except (ValueError, OSError) as error:
+        console.print(f"[red]error:[/red] broker files not updated: {error}", highlight=False)
+        return False
+    style = "green" if result.reloaded else "yellow"
+    console.print(f"broker: {out} updated, [{style}]{result.reload}[/{style}]", highlight=False)
+    return True
 
 
 def _check_zone(name: str) -> None:
@@ -348,10 +383,11 @@ def device_token(uid: str) -> None:
     token = in_database(rotate, write=True)
     if token is None:
         raise fail(f"no device {uid!r}")
-    console.print(
-        f"new token for {uid!r} (shown only once; regenerate the broker config to use it there):"
-    )
+    synced = _sync_broker()
+    console.print(f"new token for {uid!r} (shown only once; the old one stops working):")
     print(token)
+    if not synced:
+        raise typer.Exit(1)
 
 
 @device_app.command("cert")
@@ -390,8 +426,17 @@ def device_cert(
 def broker_config(
     out: Annotated[Path, typer.Option(help="folder for mosquitto.conf, passwd, acl, certs")],
     ingest_password: Annotated[
-        str, typer.Option(envvar="TELEMETRA_MQTT_PASSWORD", help="password of the ingest user")
-    ],
+        str | None,
+        typer.Option(envvar="TELEMETRA_MQTT_PASSWORD", help="password of the ingest user"),
+    ] = None,
+    sync: Annotated[
+        bool,
+        typer.Option(
+            "--sync",
+            help="only rewrite passwd and acl from the devices table and reload Mosquitto "
+            "(keeps certificates, listeners and the ingest login)",
+        ),
+    ] = False,
     hostname: Annotated[
         list[str] | None, typer.Option(help="names/IPs in the server certificate (repeat)")
     ] = None,
@@ -410,6 +455,22 @@ def broker_config(
     from telemetra.certs import DeviceCA
     from telemetra.store.catalog import devices_without_broker_password
 
+    if sync:
+        try:
+            result = _broker_sync(out)
+        except (ValueError, OSError) as error:
+            raise fail(f"broker files not updated: {error}") from None
+        for uid, reason in result.skipped:
+            console.print(f"[yellow]skipped[/yellow] {uid!r}: {reason}")
+        style = "green" if result.reloaded else "yellow"
+        console.print(
+            f"{out}: passwd and acl written for {result.devices} devices; "
+            f"[{style}]{result.reload}[/{style}]",
+            highlight=False,
+        )
+        return
+    if not ingest_password:
+        raise fail("--ingest-password (or TELEMETRA_MQTT_PASSWORD) is needed for a new config")
     config = settings()
     accounts = in_database(broker_accounts)
     _, skipped = split_accounts(accounts, "telemetra-ingest")

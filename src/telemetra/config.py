@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     ca_dir: Path | None = Field(
         None, description="installation CA (ca.pem, ca.key 0600); default: <data dir>/ca"
     )
+    broker_dir: Path | None = Field(
+        None,
+        description="folder written by `telemetra broker-config`: device changes rewrite its "
+        "passwd and acl and reload Mosquitto",
+    )
     default_timezone: str = "UTC"
     auto_register: bool = False
     secret_key: str | None = Field(

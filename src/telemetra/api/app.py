@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from telemetra import __version__
 from telemetra.api import accounts, auth, devices, errors, health, ingest, telemetry
 from telemetra.api.limits import RateLimiter
+from telemetra.broker.mosquitto import read_state
+from telemetra.broker.sync import BrokerSync
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Pipeline
 from telemetra.metrics import HTTP_SECONDS
@@ -65,6 +67,8 @@ def _observe(app: FastAPI) -> None:
 def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI:
     """The API for ``settings``; ``engine`` may be given (tests), else it is opened at start."""
     secret = check_secret(settings)
+    if settings.broker_dir is not None:
+        read_state(settings.broker_dir)  # a wrong TELEMETRA_BROKER_DIR stops `serve` at once
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,6 +78,9 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
         app.state.engine = await open_database(settings.sqlalchemy_url) if own else engine
         app.state.http_ingest = ingest.HttpIngest(Pipeline(app.state.engine, settings), settings)
         app.state.http_ingest.start()
+        app.state.broker_sync = (
+            BrokerSync(app.state.engine, settings.broker_dir) if settings.broker_dir else None
+        )
         try:
             yield
         finally:

@@ -77,8 +77,17 @@ class DeviceOut(BaseModel):
     created_at: str
 
 
+BROKER_FIELD = Field(
+    None,
+    description="what happened to the Mosquitto password file and ACL (TELEMETRA_BROKER_DIR): "
+    "'reloaded', or why not and what to do; null when Telemetra does not manage the broker",
+    examples=["reloaded"],
+)
+
+
 class DeviceCreated(DeviceOut):
     token: str = Field(description="shown only once; only a hash is stored")
+    broker: str | None = BROKER_FIELD
 
 
 class DevicePage(BaseModel):
@@ -89,6 +98,7 @@ class DevicePage(BaseModel):
 class TokenOut(BaseModel):
     uid: str
     token: str = Field(description="the new token, shown only once; the old one stops working")
+    broker: str | None = BROKER_FIELD
 
 
 def _out(row: Any) -> dict[str, Any]:
@@ -103,6 +113,12 @@ def _out(row: Any) -> dict[str, Any]:
         "clock_offset_s": row.clock_offset_us / 1e6 if row.clock_offset_us is not None else None,
         "created_at": format_us(row.created_at),
     }
+
+
+async def sync_broker(request: Request) -> str | None:
+    """Bring the broker's logins and ACL up to date after a committed device change."""
+    broker_sync = request.app.state.broker_sync
+    return None if broker_sync is None else str(await broker_sync.apply())
 
 
 async def visible_device(request: Request, caller: Caller, uid: str) -> Any:
@@ -150,7 +166,7 @@ async def create_device(
             status = 409 if "already exists" in str(error) else 422
             raise ApiError(status, str(error)) from None
         row = await catalog.get_device(conn, body.uid, caller.tenant_id)
-    return DeviceCreated(**_out(row), token=token)
+    return DeviceCreated(**_out(row), token=token, broker=await sync_broker(request))
 
 
 @router.get("/{uid}", response_model=DeviceOut)
@@ -165,22 +181,27 @@ async def get_device(
 async def edit_device(
     request: Request, uid: str, body: DevicePatch, caller: Annotated[Caller, role("operator")]
 ) -> DeviceOut:
-    """Change name, type, time zone, metadata or status."""
+    """Change name, type, time zone, metadata or status (a disabled device loses its broker
+    login at once, when Telemetra manages the broker's files)."""
     row = await visible_device(request, caller, uid)
+    changes = body.model_dump(exclude_unset=True)
     async with request.app.state.engine.begin() as conn:
-        await catalog.update_device(conn, row.id, body.model_dump(exclude_unset=True))
-        row = await catalog.get_device(conn, uid, scope(caller))
-    return DeviceOut(**_out(row))
+        await catalog.update_device(conn, row.id, changes)
+        updated = await catalog.get_device(conn, uid, scope(caller))
+    if updated.status != row.status:
+        await sync_broker(request)
+    return DeviceOut(**_out(updated))
 
 
 @router.delete("/{uid}", status_code=204)
 async def delete_device(
     request: Request, uid: str, caller: Annotated[Caller, role("operator")]
 ) -> None:
-    """Delete a device and all its data."""
+    """Delete a device and all its data (and its broker login)."""
     row = await visible_device(request, caller, uid)
     async with request.app.state.engine.begin() as conn:
         await catalog.delete_device(conn, row.id)
+    await sync_broker(request)
 
 
 @router.post("/{uid}/token", response_model=TokenOut)
@@ -191,7 +212,7 @@ async def rotate_token(
     row = await visible_device(request, caller, uid)
     async with request.app.state.engine.begin() as conn:
         token = await catalog.rotate_token(conn, row.id)
-    return TokenOut(uid=uid, token=token)
+    return TokenOut(uid=uid, token=token, broker=await sync_broker(request))
 
 
 class CertificateOut(BaseModel):

@@ -1,5 +1,19 @@
 """Configuration for the MQTT broker that devices connect to (Mosquitto)."""
 
-from telemetra.broker.mosquitto import broker_accounts, split_accounts, write_config
+from telemetra.broker.mosquitto import (
+    SyncResult,
+    broker_accounts,
+    split_accounts,
+    sync_accounts,
+    sync_lock,
+    write_config,
+)
 
-__all__ = ["broker_accounts", "split_accounts", "write_config"]
+__all__ = [
+    "SyncResult",
+    "broker_accounts",
+    "split_accounts",
+    "sync_accounts",
+    "sync_lock",
+    "write_config",
+]

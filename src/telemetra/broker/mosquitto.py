@@ -4,26 +4,33 @@ Devices log in with their id as username and their token as password (or, with
 ``require_certificate``, with a client certificate whose CN is their id), and the ACL lets each
 one publish only under its own id and read only its own acks. The ingest user reads everything.
 
-Reloading a running broker after ``write_config``: ``kill -HUP <pid>`` makes Mosquitto re-read
-``passwd`` and ``acl`` (new, removed and re-keyed devices) without dropping connections; listener
-changes (ports, bind address, TLS files, ``require_certificate``) need a restart.
+Keeping it in step: ``sync_accounts`` rewrites only ``passwd`` and ``acl`` from the devices
+table (validated, atomically) and sends Mosquitto SIGHUP through the pid file the configuration
+names. On reload Mosquitto re-reads both files, disconnects clients whose login is gone (a
+deleted, disabled or re-keyed device) and re-checks every session against the new ACL. The ACL
+is an allowlist, one section per active device, so a disabled or deleted device's certificate
+still completes the TLS handshake but may neither publish nor subscribe. Listener changes
+(ports, bind address, TLS files, ``require_certificate``) need ``write_config`` and a restart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import pwd
 import re
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -37,20 +44,33 @@ from telemetra.credentials import mosquitto_hash
 from telemetra.model import valid_device_uid
 from telemetra.store.schema import devices
 
-__all__ = ["INGEST_USERNAME", "broker_accounts", "split_accounts", "write_config"]
+__all__ = [
+    "INGEST_USERNAME",
+    "SyncResult",
+    "broker_accounts",
+    "split_accounts",
+    "sync_accounts",
+    "sync_lock",
+    "write_config",
+]
 
 log = structlog.get_logger("telemetra.broker")
 
 INGEST_USERNAME = "telemetra-ingest"
-# %u is the username (the certificate CN with use_identity_as_username). These follow
-# ingest.routes.DEFAULT_ROUTES; ChirpStack topics are published by ChirpStack, not by devices.
+# What each active device may do, {uid} being its id (the certificate CN with
+# use_identity_as_username). These follow ingest.routes.DEFAULT_ROUTES; ChirpStack topics are
+# published by ChirpStack, not by devices.
 DEVICE_ACL = (
-    "pattern write devices/%u/telemetry",
-    "pattern write qs/v1/%u/events",
-    "pattern write tele/%u/#",
-    "pattern read devices/%u/acks",
-    "pattern read qs/v1/%u/acks",
+    "topic write devices/{uid}/telemetry",
+    "topic write qs/v1/{uid}/events",
+    "topic write tele/{uid}/#",
+    "topic read devices/{uid}/acks",
+    "topic read qs/v1/{uid}/acks",
 )
+# Written by write_config next to the broker files, read by sync_accounts.
+STATE_FILE = "telemetra-broker.json"
+SERVICES_FILE = "services.passwd"  # the ingest user's line(s) of passwd
+PID_FILE = "mosquitto.pid"
 # "$7$<iterations>$<salt>$<hash>" (Mosquitto 2.0) or "$6$<salt>$<hash>" (1.x); anything else,
 # a ':' or a line break above all, would corrupt the password file.
 _HASH = re.compile(r"\$(7\$[0-9]+|6)\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+")
@@ -61,9 +81,14 @@ RELOAD_TEXT = """\
 Mosquitto configuration written by Telemetra.
 
 Start:   mosquitto -c {conf}
-Reload:  kill -HUP <pid> reloads passwd and acl (devices added, removed or re-keyed)
-         without dropping connections; listener changes (ports, bind address, TLS
-         certificate files, require_certificate) need a restart.
+Devices: with TELEMETRA_BROKER_DIR={out} set for `telemetra serve` and the CLI,
+         creating, rotating, disabling or deleting a device rewrites passwd and acl
+         and reloads Mosquitto (SIGHUP to the pid in {pid}); by hand:
+         `telemetra broker-config --out {out} --sync`.
+Reload:  kill -HUP <pid> re-reads passwd and acl: clients whose login is gone are
+         disconnected, the others keep their connection under the new ACL.
+         Listener changes (ports, bind address, TLS certificate files,
+         require_certificate) need a restart.
 
 Regenerate these files rather than editing them; the next run replaces them.
 """
@@ -128,9 +153,10 @@ def _render_config(layout: _Layout) -> str:
     files = layout.files
     lines = [
         "# Mosquitto 2.0 configuration written by Telemetra; regenerate rather than edit.",
-        "# kill -HUP <pid> reloads passwd and acl; listener changes need a restart.",
+        f"# kill -HUP $(cat {PID_FILE}) reloads passwd and acl; listener changes need a restart.",
         "per_listener_settings false",
         "allow_anonymous false",
+        f"pid_file {_value('path', str(files / PID_FILE))}",
         f"password_file {_value('path', str(files / 'passwd'))}",
         f"acl_file {_value('path', str(files / 'acl'))}",
     ]
@@ -169,28 +195,25 @@ def _render_config(layout: _Layout) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render_acl(ingest_username: str) -> str:
-    return "\n".join(
-        [
-            "# Devices (username = device id) publish only under their own id and read only",
-            "# their own acks. Device ids with '+' or '#' are never written (CVE-2017-7650).",
-            *DEVICE_ACL,
-            "",
-            "# The ingest workers read all telemetry and write acks and telemetra/deadletter.",
-            "# ChirpStack, when used, needs its own user with: topic write application/#",
-            f"user {ingest_username}",
-            "topic readwrite #",
-            "",
-        ]
-    )
-
-
-def _render_passwd(
-    accounts: list[tuple[str, str]], ingest_username: str, ingest_password: str
-) -> str:
-    lines = [f"{ingest_username}:{mosquitto_hash(ingest_password)}"]
-    lines += [f"{uid}:{broker_hash}" for uid, broker_hash in accounts]
+def _render_acl(ingest_username: str, uids: Iterable[str]) -> str:
+    lines = [
+        "# Written by Telemetra; regenerate rather than edit. An allowlist: each active device",
+        "# (username = device id) publishes only under its own id and reads only its own acks;",
+        "# any other login, a disabled or deleted device's certificate included, may do nothing.",
+        "# Device ids with '+' or '#' are never written (CVE-2017-7650).",
+        "",
+        "# The ingest workers read all telemetry and write acks and telemetra/deadletter.",
+        "# ChirpStack, when used, needs its own user with: topic write application/#",
+        f"user {ingest_username}",
+        "topic readwrite #",
+    ]
+    for uid in uids:
+        lines += ["", f"user {uid}", *(rule.format(uid=uid) for rule in DEVICE_ACL)]
     return "\n".join(lines) + "\n"
+
+
+def _render_passwd(services: str, accounts: Iterable[tuple[str, str]]) -> str:
+    return services + "".join(f"{uid}:{broker_hash}\n" for uid, broker_hash in accounts)
 
 
 def _write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
@@ -457,13 +480,18 @@ def write_config(
             # Mosquitto, as its own user, must reach the files inside (each has its own mode).
             os.chmod(folder, 0o711)  # noqa: S103
         secret = 0o600
+        services = f"{ingest_username}:{mosquitto_hash(ingest_password)}\n"
+        state = {"ingest_username": ingest_username, "user": user}
+        reload_text = RELOAD_TEXT.format(conf=out / "mosquitto.conf", out=out, pid=out / PID_FILE)
         files: dict[str, tuple[str | bytes, int]] = {
-            "RELOAD.txt": (RELOAD_TEXT.format(conf=out / "mosquitto.conf"), 0o644),
+            "RELOAD.txt": (reload_text, 0o644),
+            STATE_FILE: (json.dumps(state, indent=2) + "\n", 0o644),
+            SERVICES_FILE: (services, secret),
             "ca.pem": (ca.cert_pem, 0o644),
             "server.pem": (server_cert, 0o644),
             "server.key": (server_key, secret),
-            "passwd": (_render_passwd(usable, ingest_username, ingest_password), secret),
-            "acl": (_render_acl(ingest_username), secret),
+            "passwd": (_render_passwd(services, usable), secret),
+            "acl": (_render_acl(ingest_username, (uid for uid, _ in usable)), secret),
             "mosquitto.conf": (config, 0o644),
         }
         broker_secrets = {"server.key", "passwd", "acl"}
@@ -499,3 +527,163 @@ def write_config(
         skipped=len(skipped),
     )
     return out / "mosquitto.conf"
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What ``sync_accounts`` did: devices written, those skipped, and the reload."""
+
+    devices: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    reload: str = "reloaded"  # or why Mosquitto was not reloaded, and how to do it
+
+    @property
+    def reloaded(self) -> bool:
+        return self.reload == "reloaded"
+
+
+@contextlib.contextmanager
+def sync_lock(out: Path) -> Iterator[None]:
+    """Hold while reading the accounts and syncing them: one sync at a time per broker folder,
+    across processes (API workers, CLI), so a slower sync never writes older accounts over a
+    newer one."""
+    fd = os.open(out / ".sync.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def read_state(out: Path) -> dict[str, str | None]:
+    """What ``write_config`` left for later syncs; ValueError if ``out`` is not its folder."""
+    try:
+        state = json.loads((out / STATE_FILE).read_text())
+        services = out / SERVICES_FILE
+        if not services.is_file() or not isinstance(state.get("ingest_username"), str):
+            raise ValueError
+        return {"ingest_username": state["ingest_username"], "user": state.get("user")}
+    except (OSError, ValueError):
+        raise ValueError(
+            f"{out} is not a folder written by `telemetra broker-config` (no {STATE_FILE} "
+            f"or {SERVICES_FILE}); run `telemetra broker-config --out {out}` first"
+        ) from None
+
+
+def _check_starts(folder: Path, user: str | None) -> None:
+    """Start Mosquitto on ``folder``'s passwd and acl (free port, 127.0.0.1): it exits on
+    a file it cannot read. ValueError with Mosquitto's message when it does."""
+    exe = _mosquitto_exe()
+    port = _free_port()
+    lines = [
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {folder / 'passwd'}",
+        f"acl_file {folder / 'acl'}",
+        f"listener {port} 127.0.0.1",
+    ]
+    if user is not None:
+        lines.append(f"user {_value('user', user)}")
+    conf = folder / "check.conf"
+    _write(conf, "\n".join(lines) + "\n")
+    log_file = folder / "check.log"
+    with log_file.open("wb") as sink:
+        proc = subprocess.Popen(
+            [exe, "-c", str(conf)], stdout=sink, stderr=subprocess.STDOUT, cwd=folder
+        )
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not _listening(port):
+            if proc.poll() is not None:
+                raise ValueError(f"Mosquitto refused the new files: {_broker_errors(log_file)}")
+            if time.monotonic() > deadline:
+                raise ValueError(
+                    f"Mosquitto did not start on the new files within {_START_TIMEOUT_S:.0f} s: "
+                    f"{_broker_errors(log_file)}"
+                )
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _reload(pid_file: Path) -> str:
+    """SIGHUP to the Mosquitto named by ``pid_file``: "reloaded", or why not and what to do."""
+    by_hand = "reload it by hand: kill -HUP <pid of mosquitto>"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except FileNotFoundError:
+        return f"Mosquitto is not running from this folder (no {pid_file}); {by_hand}"
+    except (OSError, ValueError) as error:
+        return f"cannot read {pid_file} ({error}); {by_hand}"
+    # A stale pid file may name an unrelated process by now: only ever signal a mosquitto.
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        name = None
+    if name is not None and name != "mosquitto":
+        return f"process {pid} from {pid_file} is {name!r}, not mosquitto; {by_hand}"
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return f"no process {pid} (stale {pid_file}); {by_hand}"
+    except PermissionError:
+        return f"not allowed to signal Mosquitto (pid {pid}); {by_hand}"
+    return "reloaded"
+
+
+def sync_accounts(
+    out: Path, accounts: Iterable[tuple[str, str]], *, validate: bool = True, reload: bool = True
+) -> SyncResult:
+    """Rewrite ``out``'s passwd and acl for ``accounts`` (see ``broker_accounts``) and reload.
+
+    ``out`` is a folder written by ``write_config``; its certificates, listeners and ingest
+    login stay as they are. The new files are checked by starting Mosquitto on them (unless
+    ``validate`` is false) before they replace the live ones, each atomically; a file
+    Mosquitto refuses raises ValueError and leaves ``out`` untouched. Then Mosquitto, found by
+    the pid file its configuration writes, gets SIGHUP (unless ``reload`` is false). Where
+    several processes sync one folder, read the accounts and call this under ``sync_lock``.
+    """
+    out = out.absolute()
+    state = read_state(out)
+    ingest_username = str(state["ingest_username"])
+    user = state["user"]
+    usable, skipped = split_accounts(accounts, ingest_username)
+    owner = _broker_owner(user)
+    folder = Path(tempfile.mkdtemp(prefix=".sync.", dir=out))
+    try:
+        if owner is not None:
+            os.chmod(folder, 0o711)  # noqa: S103 - Mosquitto, as its user, reads inside
+        services = (out / SERVICES_FILE).read_text()
+        files = {
+            "passwd": _render_passwd(services, usable),
+            "acl": _render_acl(ingest_username, (uid for uid, _ in usable)),
+        }
+        for name, text in files.items():
+            _write(folder / name, text, 0o600)
+            if owner is not None:
+                os.chown(folder / name, *owner)
+        if validate:
+            _check_starts(folder, user)
+        for name in files:
+            os.replace(folder / name, out / name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    result = SyncResult(
+        devices=len(usable),
+        skipped=skipped,
+        reload=_reload(out / PID_FILE) if reload else "not reloaded (reload=False)",
+    )
+    log.info(
+        "broker accounts synced",
+        folder=str(out),
+        devices=result.devices,
+        skipped=len(skipped),
+        reload=result.reload,
+    )
+    return result
