@@ -81,3 +81,39 @@ async def test_forgotten_tenant_filter_returns_nothing_of_another_tenant(pg_url:
         assert forced == 1
     finally:
         await engine.dispose()
+
+
+async def test_a_reference_cannot_pair_one_tenant_with_another_tenants_device(
+    pg_url: str,
+) -> None:
+    """RLS trusts tenant_id: a latest or quality row must name its device's own tenant."""
+    from sqlalchemy.exc import IntegrityError
+
+    from telemetra.store.schema import device_quality, latest
+
+    engine = await open_database(pg_url, migrate_schema=False)
+    tag = uuid.uuid4().hex[:8]
+    try:
+        async with engine.begin() as conn:
+            a = await create_tenant(conn, f"ref-a-{tag}")
+            b = await create_tenant(conn, f"ref-b-{tag}")
+            await create_device(conn, b, f"ref-b-dev-{tag}")
+            theirs = await conn.scalar(select(devices.c.id).where(devices.c.tenant_id == b))
+        rows = {
+            latest: {"metric_id": 1, "ts": 0, "value": 1.0, "received_at": 0, "flags": 0},
+            device_quality: {"counter": "accepted", "count": 1},
+        }
+        for table, values in rows.items():
+            for tenant, allowed in ((b, True), (a, False)):
+                try:
+                    async with engine.begin() as conn:
+                        await conn.execute(
+                            table.insert().values(tenant_id=tenant, device_id=theirs, **values)
+                        )
+                        await conn.rollback()
+                    stored = True
+                except IntegrityError:
+                    stored = False
+                assert stored is allowed, (table.name, tenant)
+    finally:
+        await engine.dispose()

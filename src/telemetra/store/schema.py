@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -56,6 +57,8 @@ devices = Table(
     Column("broker_hash", String(256)),  # Mosquitto password-file form of the same token
     Column("clock_offset_us", BigInteger),
     Column("created_at", BigInteger, nullable=False),
+    # The target of tenant-scoped references (migration 0004).
+    UniqueConstraint("tenant_id", "id", name="uq_devices_tenant_id"),
 )
 Index("ix_devices_tenant", devices.c.tenant_id, devices.c.uid)
 Index("ix_devices_token_hash", devices.c.token_hash, unique=True)
@@ -123,6 +126,16 @@ rollup_1m = _rollup("rollup_1m")
 rollup_1h = _rollup("rollup_1h")
 ROLLUPS = {60 * 1_000_000: rollup_1m, 3600 * 1_000_000: rollup_1h}
 
+def _device_ref(table: str) -> ForeignKeyConstraint:
+    """(tenant_id, device_id) → the device *of that tenant* (see migration 0004)."""
+    return ForeignKeyConstraint(
+        ["tenant_id", "device_id"],
+        ["devices.tenant_id", "devices.id"],
+        name=f"fk_{table}_device",
+        ondelete="CASCADE",
+    )
+
+
 # Newest value by event time per series: a primary-key lookup instead of DISTINCT ON.
 latest = Table(
     "latest",
@@ -135,6 +148,7 @@ latest = Table(
     Column("text", Text),
     Column("received_at", BigInteger, nullable=False),
     Column("flags", Integer, nullable=False),
+    _device_ref("latest"),
 )
 Index("ix_latest_tenant", latest.c.tenant_id)
 
@@ -187,4 +201,5 @@ device_quality = Table(
     Column("device_id", Id, primary_key=True),
     Column("counter", String(48), primary_key=True),
     Column("count", BigInteger, nullable=False),
+    _device_ref("device_quality"),
 )
