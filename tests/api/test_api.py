@@ -62,11 +62,13 @@ async def test_devices_roles_tenants_and_mass_assignment(world: World) -> None:
         headers=world.auth("a-operator"),
     )
     assert made.status_code == 201 and len(made.json()["token"]) >= 43
-    assert_error(
-        await c.post("/api/v1/devices", json={"uid": uid}, headers=world.auth("a-operator")),
-        409,
-        "conflict",
-    )
+    again = await c.post("/api/v1/devices", json={"uid": uid}, headers=world.auth("a-operator"))
+    assert_error(again, 409, "conflict")
+    # Device ids are one namespace (MQTT usernames): another tenant gets the same answer, which
+    # says the id is taken and nothing about whose it is.
+    theirs = await c.post("/api/v1/devices", json={"uid": uid}, headers=world.auth("b-operator"))
+    assert theirs.json() == again.json()
+    assert "unique across the installation" in theirs.json()["error"]["message"]
     assert_error(
         await c.post("/api/v1/devices", json={"uid": "a/b"}, headers=world.auth("a-operator")),
         422,

@@ -177,7 +177,13 @@ async def create_device(
             "ends and without '/', '+', '#', ':' (device ids become MQTT topic levels)"
         )
     if await conn.scalar(select(devices.c.id).where(devices.c.uid == uid)) is not None:
-        raise ValueError(f"device {uid!r} already exists")
+        # Device ids are MQTT usernames and topic levels, so one namespace for the whole
+        # installation; the answer is the same whichever tenant holds the id.
+        raise ValueError(
+            f"device {uid!r} already exists: device ids are unique across the installation "
+            "(they are MQTT usernames and topic levels); choose another, e.g. with a prefix "
+            "of your own"
+        )
     token = new_token()
     await conn.execute(
         devices.insert().values(
