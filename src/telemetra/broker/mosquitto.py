@@ -328,7 +328,6 @@ def _validate(
 
     ValueError, with Mosquitto's own message, when it refuses the configuration.
     """
-    exe = _mosquitto_exe()
     check = _Layout(
         files=folder,
         persistence=folder / "check-data",
@@ -341,27 +340,8 @@ def _validate(
     check.persistence.mkdir(mode=0o700)
     if owner is not None:
         os.chown(check.persistence, *owner)
-    conf = folder / "check.conf"
-    _write(conf, _render_config(check))
-    log_file = folder / "check.log"
-    with log_file.open("wb") as sink:
-        proc = subprocess.Popen(
-            [exe, "-c", str(conf)], stdout=sink, stderr=subprocess.STDOUT, cwd=folder
-        )
-    try:
-        ports = [p for p in (check.tls_port, check.plain_port) if p is not None]
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise ValueError(f"Mosquitto refused the configuration: {_broker_errors(log_file)}")
-            if all(_listening(p) for p in ports):
-                break
-            if time.monotonic() > deadline:
-                raise ValueError(
-                    f"Mosquitto did not open its listeners within {_START_TIMEOUT_S:.0f} s: "
-                    f"{_broker_errors(log_file)}"
-                )
-            time.sleep(0.05)
+    ports = [p for p in (check.tls_port, check.plain_port) if p is not None]
+    with _throwaway(folder, _render_config(check), ports, "the configuration") as log_file:
         ca_file = folder / "ca.pem"
         if layout.require_certificate:
             error = _login_error(
@@ -393,6 +373,33 @@ def _validate(
                 f"Mosquitto started but the ingest user {ingest_username!r} could not log in "
                 f"({error}): {_broker_errors(log_file)}"
             )
+
+
+@contextlib.contextmanager
+def _throwaway(folder: Path, config: str, ports: list[int], what: str) -> Iterator[Path]:
+    """A Mosquitto on ``config`` (written to ``folder``), up until the block ends; yields its
+    log file. ValueError with Mosquitto's own message when it exits (it does on a file it
+    cannot use) or does not open ``ports`` in time."""
+    exe = _mosquitto_exe()
+    conf = folder / "check.conf"
+    _write(conf, config)
+    log_file = folder / "check.log"
+    with log_file.open("wb") as sink:
+        proc = subprocess.Popen(
+            [exe, "-c", str(conf)], stdout=sink, stderr=subprocess.STDOUT, cwd=folder
+        )
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not all(_listening(p) for p in ports):
+            if proc.poll() is not None:
+                raise ValueError(f"Mosquitto refused {what}: {_broker_errors(log_file)}")
+            if time.monotonic() > deadline:
+                raise ValueError(
+                    f"Mosquitto did not open its listeners within {_START_TIMEOUT_S:.0f} s: "
+                    f"{_broker_errors(log_file)}"
+                )
+            time.sleep(0.02)
+        yield log_file
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -573,7 +580,6 @@ def read_state(out: Path) -> dict[str, str | None]:
 def _check_starts(folder: Path, user: str | None) -> None:
     """Start Mosquitto on ``folder``'s passwd and acl (free port, 127.0.0.1): it exits on
     a file it cannot read. ValueError with Mosquitto's message when it does."""
-    exe = _mosquitto_exe()
     port = _free_port()
     lines = [
         "per_listener_settings false",
@@ -584,32 +590,8 @@ def _check_starts(folder: Path, user: str | None) -> None:
     ]
     if user is not None:
         lines.append(f"user {_value('user', user)}")
-    conf = folder / "check.conf"
-    _write(conf, "\n".join(lines) + "\n")
-    log_file = folder / "check.log"
-    with log_file.open("wb") as sink:
-        proc = subprocess.Popen(
-            [exe, "-c", str(conf)], stdout=sink, stderr=subprocess.STDOUT, cwd=folder
-        )
-    try:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not _listening(port):
-            if proc.poll() is not None:
-                raise ValueError(f"Mosquitto refused the new files: {_broker_errors(log_file)}")
-            if time.monotonic() > deadline:
-                raise ValueError(
-                    f"Mosquitto did not start on the new files within {_START_TIMEOUT_S:.0f} s: "
-                    f"{_broker_errors(log_file)}"
-                )
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with _throwaway(folder, "\n".join(lines) + "\n", [port], "the new files"):
+        pass
 
 
 def _reload(pid_file: Path) -> str:
