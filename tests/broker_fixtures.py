@@ -80,6 +80,7 @@ class Client:
     def _on_disconnect(self, *_: Any) -> None:
         if self._accepted:
             self.dropped.set()
+        self._connack.set()  # a refusal after the TLS handshake (TLS 1.3) ends the wait
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, _codes: Any, _p: Any) -> None:
         self._subacks.setdefault(mid, threading.Event()).set()

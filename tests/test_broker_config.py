@@ -269,6 +269,7 @@ def test_device_certificate_logs_in_as_its_device(
     mtls_broker: Running, fleet: Fleet, clients: list[Client], tmp_path: Path
 ) -> None:
     out = mtls_broker.out
+    assert f"crlfile {out / 'crl.pem'}" in (out / "mosquitto.conf").read_text().splitlines()
     ingest = Client(mtls_broker.port, ca=mtls_broker.ca_file, cert=out / "ingest.crt",
                     key=out / "ingest.key")  # fmt: skip
     clients.append(ingest)

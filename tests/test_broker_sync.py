@@ -25,6 +25,8 @@ from api_fixtures import SECRET, World, make_world
 from broker_fixtures import Client, Running, mosquitto_exe, start_broker
 from conftest import free_port, stop
 
+Headers = dict[str, str]
+
 INGEST_PW = "ingest-secret"
 QUIET_S = 1.0  # how long "nothing arrives" is watched
 
@@ -184,41 +186,62 @@ async def test_a_burst_of_registrations_shares_syncs(
         assert _login(password_broker, uid, reply.json()["token"], clients) is not None
 
 
-async def test_a_disabled_or_deleted_certificate_may_do_nothing(
+async def test_certificates_of_disabled_and_deleted_devices_are_refused(
     engine: AsyncEngine, db_url: str, tmp_path: Path, mtls_broker: Running, clients: list[Client]
 ) -> None:
-    """mTLS: the certificate still passes the TLS handshake; the ACL allowlist grants nothing."""
+    """mTLS: the revocation list refuses new connections; the ACL silences live sessions."""
     async for world in _world(engine, db_url, tmp_path):
         ingest = _ingest(mtls_broker, clients)
         uid = f"cert-{os.urandom(3).hex()}"
         headers = world.auth("a-operator")
-        assert (
-            await world.client.post("/api/v1/devices", json={"uid": uid}, headers=headers)
-        ).status_code == 201
-        reply = await world.client.post(f"/api/v1/devices/{uid}/certificate", headers=headers)
-        assert reply.status_code == 200
-        for name in ("certificate", "private_key"):
-            (tmp_path / f"{uid}.{name}").write_text(reply.json()[name])
-        cert, key = tmp_path / f"{uid}.certificate", tmp_path / f"{uid}.private_key"
+        path = f"/api/v1/devices/{uid}"
 
-        def publish(payload: str, uid: str = uid, cert: Path = cert, key: Path = key) -> None:
-            c = Client(mtls_broker.port, ca=mtls_broker.ca_file, cert=cert, key=key)
+        async def create_with_certificate(
+            name: str, world: World = world, uid: str = uid, headers: Headers = headers
+        ) -> tuple[Path, Path]:
+            made = await world.client.post("/api/v1/devices", json={"uid": uid}, headers=headers)
+            assert made.status_code == 201, made.text
+            reply = await world.client.post(f"/api/v1/devices/{uid}/certificate", headers=headers)
+            assert reply.status_code == 200
+            files = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+            files[0].write_text(reply.json()["certificate"])
+            files[1].write_text(reply.json()["private_key"])
+            return files
+
+        def connect(cert: tuple[Path, Path]) -> Client | None:
+            c = Client(mtls_broker.port, ca=mtls_broker.ca_file, cert=cert[0], key=cert[1])
             clients.append(c)
-            assert c.connected()
-            c.publish(f"devices/{uid}/telemetry", payload)
+            return c if c.connected() else None
 
-        publish("before")
+        first = await create_with_certificate("first")
+        live = connect(first)
+        assert live is not None
+        live.publish(f"devices/{uid}/telemetry", "before")
         ingest.wait_for(f"devices/{uid}/telemetry", "before")
-        for change in ("disable", "delete"):
-            if change == "disable":
-                reply = await world.client.patch(
-                    f"/api/v1/devices/{uid}", json={"status": "disabled"}, headers=headers
-                )
-            else:
-                reply = await world.client.delete(f"/api/v1/devices/{uid}", headers=headers)
-            assert reply.status_code in (200, 204)
-            publish(f"after {change}")
-            assert ingest.receive(QUIET_S) == [], f"a {change}d device's certificate published"
+
+        reply = await world.client.patch(path, json={"status": "disabled"}, headers=headers)
+        assert reply.status_code == 200
+        assert connect(first) is None, "a disabled device's certificate was accepted"
+        assert connect(first) is None, "a disabled device certificate was accepted"
+        live.publish(f"devices/{uid}/telemetry", "while disabled")
+        assert ingest.receive(QUIET_S) == [], "a disabled device's live session published"
+
+        reply = await world.client.patch(path, json={"status": "active"}, headers=headers)
+        again = connect(first)
+        assert again is not None, "an enabled device's certificate was refused"
+        again.publish(f"devices/{uid}/telemetry", "enabled")
+        ingest.wait_for(f"devices/{uid}/telemetry", "enabled")
+
+        assert (await world.client.delete(path, headers=headers)).status_code == 204
+        assert connect(first) is None, "a deleted device's certificate was accepted"
+
+        # The id is free again, but the old certificate stays revoked for the new device.
+        second = await create_with_certificate("second")
+        assert connect(first) is None, "a certificate of a deleted device came back"
+        fresh = connect(second)
+        assert fresh is not None
+        fresh.publish(f"devices/{uid}/telemetry", "second life")
+        ingest.wait_for(f"devices/{uid}/telemetry", "second life")
 
 
 def test_a_refused_file_leaves_the_broker_untouched(

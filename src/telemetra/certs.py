@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -26,6 +26,7 @@ from telemetra.model import valid_device_uid
 __all__ = [
     "RESERVED_CERT_NAMES",
     "DeviceCA",
+    "certificate_facts",
     "device_bundle_zip",
     "issue_client_cert",
     "issue_server_cert",
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 CA_DAYS = 3650
+# OpenSSL refuses every client certificate once the CRL it checks is past its next update, so
+# the list is valid for long; each sync writes a fresh one anyway.
+CRL_DAYS = 3650
 # Broker usernames that must never be a device certificate's CN: with use_identity_as_username
 # such a certificate would log in as the ingest user and read every device's data.
 RESERVED_CERT_NAMES = frozenset({"telemetra-ingest"})
@@ -80,6 +84,11 @@ class DeviceCA:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
     @classmethod
+    def load_existing(cls, folder: Path) -> DeviceCA | None:
+        """The CA in ``folder``, or None when there is none yet (never creates one)."""
+        return cls.load_or_create(folder) if (folder / "ca.key").exists() else None
+
+    @classmethod
     def load_or_create(cls, folder: Path) -> DeviceCA:
         """Load ``folder/ca.key`` + ``ca.pem``, creating them (and a 0700 folder) on first use."""
         if not folder.exists():
@@ -108,6 +117,30 @@ class DeviceCA:
             cert = _self_signed(key)
             _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
         return cls(key, cert)
+
+    def revocation_list(self, serials: Iterable[str]) -> bytes:
+        """A CRL (PEM) signed by this CA naming the certificates with ``serials`` (hex)."""
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - _BACKDATE)
+            .next_update(now + dt.timedelta(days=CRL_DAYS))
+        )
+        for serial in sorted(set(serials)):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(serial, 16))
+                .revocation_date(now - _BACKDATE)
+                .build()
+            )
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def certificate_facts(cert_pem: bytes) -> tuple[str, int]:
+    """(serial number in hex, end of validity in epoch µs) of a PEM certificate."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return format(cert.serial_number, "x"), int(cert.not_valid_after_utc.timestamp() * 1_000_000)
 
 
 def _self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
@@ -250,10 +283,16 @@ def _file_stem(uid: str) -> str:
 
 
 def device_bundle_zip(
-    ca: DeviceCA, device_uid: str, *, host: str = "<broker-host>", port: int = 8883
+    ca: DeviceCA,
+    device_uid: str,
+    *,
+    host: str = "<broker-host>",
+    port: int = 8883,
+    issued: tuple[bytes, bytes] | None = None,
 ) -> bytes:
-    """A zip with a new client certificate and key for a device, the CA cert and a README."""
-    cert_pem, key_pem = issue_client_cert(ca, device_uid)
+    """A zip with a client certificate and key for a device (``issued`` by
+    ``issue_client_cert``, or new), the CA cert and a README."""
+    cert_pem, key_pem = issued or issue_client_cert(ca, device_uid)
     stem = _file_stem(device_uid)
     readme = f"""Telemetra device credentials for {device_uid}
 

@@ -209,11 +209,15 @@ def device_create(
 
 
 def _broker_sync(out: Path) -> Any:
-    """Rewrite ``out``'s passwd and acl from the devices table and reload Mosquitto."""
-    from telemetra.broker.mosquitto import broker_accounts, sync_accounts, sync_lock
+    """Rewrite ``out``'s passwd, acl and revocation list from the database; reload Mosquitto."""
+    from telemetra.broker.mosquitto import broker_state, sync_accounts, sync_lock
+    from telemetra.certs import DeviceCA
 
     with sync_lock(out):
-        return sync_accounts(out, in_database(broker_accounts))
+        accounts, revoked = in_database(broker_state)
+        ca = DeviceCA.load_existing(settings().ca_folder)
+        crl = ca.revocation_list(revoked) if ca is not None else None
+        return sync_accounts(out, accounts, crl=crl)
 
 
 def _sync_broker() -> bool:
@@ -400,21 +404,28 @@ def device_cert(
     port: Annotated[int, typer.Option(help="broker TLS port named in the README")] = 8883,
 ) -> None:
     """Issue a client certificate (CN = device id) signed by the installation CA, as a zip."""
-    from telemetra.certs import DeviceCA, device_bundle_zip
-    from telemetra.store.catalog import get_device
+    from telemetra.certs import DeviceCA, certificate_facts, device_bundle_zip, issue_client_cert
+    from telemetra.store.catalog import get_device, record_certificate
 
     config = settings()
 
     async def find(conn: Any) -> Any:
         return await get_device(conn, uid, None)
 
-    if in_database(find) is None:
+    device = in_database(find)
+    if device is None:
         raise fail(f"no device {uid!r}; create it first with `telemetra device create`")
     try:
         ca = DeviceCA.load_or_create(config.ca_folder)
-        bundle = device_bundle_zip(ca, uid, host=host, port=port)
+        issued = issue_client_cert(ca, uid)
+        bundle = device_bundle_zip(ca, uid, host=host, port=port, issued=issued)
     except ValueError as error:
         raise fail(str(error)) from None
+
+    async def record(conn: Any) -> None:  # for the broker's revocation list
+        await record_certificate(conn, device.tenant_id, uid, *certificate_facts(issued[0]))
+
+    in_database(record, write=True)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{uid}.zip"
     target.write_bytes(bundle)
@@ -451,7 +462,7 @@ def broker_config(
     user: Annotated[str | None, typer.Option(help="system user Mosquitto runs as")] = None,
 ) -> None:
     """Write a Mosquitto configuration (TLS/mTLS, passwords, ACL) for the registered devices."""
-    from telemetra.broker.mosquitto import broker_accounts, split_accounts, write_config
+    from telemetra.broker.mosquitto import broker_state, split_accounts, write_config
     from telemetra.certs import DeviceCA
     from telemetra.store.catalog import devices_without_broker_password
 
@@ -472,12 +483,12 @@ def broker_config(
     if not ingest_password:
         raise fail("--ingest-password (or TELEMETRA_MQTT_PASSWORD) is needed for a new config")
     config = settings()
-    accounts = in_database(broker_accounts)
+    accounts, revoked = in_database(broker_state)
     _, skipped = split_accounts(accounts, "telemetra-ingest")
     missing = in_database(devices_without_broker_password)
     try:
         conf = write_config(
-            out, accounts, DeviceCA.load_or_create(config.ca_folder),
+            out, accounts, DeviceCA.load_or_create(config.ca_folder), revoked=revoked,
             hostnames=hostname or ["localhost", "127.0.0.1"], tls_port=tls_port,
             plain_port=plain_port, require_certificate=mtls, ingest_password=ingest_password,
             user=user, bind=bind,

@@ -3,6 +3,7 @@
 from telemetra.broker.mosquitto import (
     SyncResult,
     broker_accounts,
+    broker_state,
     split_accounts,
     sync_accounts,
     sync_lock,
@@ -12,6 +13,7 @@ from telemetra.broker.mosquitto import (
 __all__ = [
     "SyncResult",
     "broker_accounts",
+    "broker_state",
     "split_accounts",
     "sync_accounts",
     "sync_lock",

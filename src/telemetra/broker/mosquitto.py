@@ -48,6 +48,7 @@ __all__ = [
     "INGEST_USERNAME",
     "SyncResult",
     "broker_accounts",
+    "broker_state",
     "split_accounts",
     "sync_accounts",
     "sync_lock",
@@ -102,6 +103,13 @@ async def broker_accounts(conn: AsyncConnection) -> list[tuple[str, str]]:
         .order_by(devices.c.uid)
     )
     return [(str(uid), str(broker_hash)) for uid, broker_hash in rows]
+
+
+async def broker_state(conn: AsyncConnection) -> tuple[list[tuple[str, str]], list[str]]:
+    """What a sync writes: the broker accounts, and the serials of certificates to refuse."""
+    from telemetra.store.catalog import revoked_serials
+
+    return await broker_accounts(conn), await revoked_serials(conn)
 
 
 def split_accounts(
@@ -180,9 +188,11 @@ def _render_config(layout: _Layout) -> str:
     ]
     if layout.require_certificate:
         lines += [
-            "# mTLS: a certificate from the CA is required and its CN is the username.",
+            "# mTLS: a certificate from the CA is required and its CN is the username;",
+            "# certificates of deleted and disabled devices are revoked (reloaded on SIGHUP).",
             "require_certificate true",
             "use_identity_as_username true",
+            f"crlfile {files / 'crl.pem'}",
         ]
     else:
         lines.append("require_certificate false")
@@ -421,6 +431,7 @@ def write_config(
     accounts: Iterable[tuple[str, str]],
     ca: DeviceCA,
     *,
+    revoked: Iterable[str] = (),
     hostnames: Sequence[str] = ("localhost", "127.0.0.1"),
     tls_port: int = 8883,
     plain_port: int | None = None,
@@ -434,7 +445,8 @@ def write_config(
 ) -> Path:
     """Write a validated Mosquitto configuration into ``out``; returns ``out/mosquitto.conf``.
 
-    Files: mosquitto.conf, passwd (devices + ingest user), acl, ca.pem, server.pem,
+    Files: mosquitto.conf, passwd (devices + ingest user), acl, ca.pem, crl.pem (the
+    certificates with serials ``revoked``, see ``broker_state``), server.pem,
     server.key (0600), RELOAD.txt, and with ``require_certificate`` ingest.crt/ingest.key (the
     ingest worker's client certificate, CN = ``ingest_username``). ``plain_port=None`` opens no
     plain TCP listener. Accounts with unusable ids are skipped and logged (see
@@ -495,6 +507,7 @@ def write_config(
             STATE_FILE: (json.dumps(state, indent=2) + "\n", 0o644),
             SERVICES_FILE: (services, secret),
             "ca.pem": (ca.cert_pem, 0o644),
+            "crl.pem": (ca.revocation_list(revoked), 0o644),
             "server.pem": (server_cert, 0o644),
             "server.key": (server_key, secret),
             "passwd": (_render_passwd(services, usable), secret),
@@ -577,20 +590,31 @@ def read_state(out: Path) -> dict[str, str | None]:
         ) from None
 
 
-def _check_starts(folder: Path, user: str | None) -> None:
-    """Start Mosquitto on ``folder``'s passwd and acl (free port, 127.0.0.1): it exits on
-    a file it cannot read. ValueError with Mosquitto's message when it does."""
-    port = _free_port()
+def _check_starts(folder: Path, out: Path, user: str | None) -> None:
+    """Start Mosquitto on ``folder``'s passwd, acl and crl.pem (if any) with ``out``'s
+    certificates (free ports, 127.0.0.1): it exits on a file it cannot read. ValueError with
+    Mosquitto's message when it does."""
+    ports = [_free_port()]
     lines = [
         "per_listener_settings false",
         "allow_anonymous false",
         f"password_file {folder / 'passwd'}",
         f"acl_file {folder / 'acl'}",
-        f"listener {port} 127.0.0.1",
+        f"listener {ports[0]} 127.0.0.1",
     ]
+    if (folder / "crl.pem").exists():
+        ports.append(_free_port())
+        lines += [
+            f"listener {ports[1]} 127.0.0.1",
+            f"cafile {out / 'ca.pem'}",
+            f"certfile {out / 'server.pem'}",
+            f"keyfile {out / 'server.key'}",
+            "require_certificate true",
+            f"crlfile {folder / 'crl.pem'}",
+        ]
     if user is not None:
         lines.append(f"user {_value('user', user)}")
-    with _throwaway(folder, "\n".join(lines) + "\n", [port], "the new files"):
+    with _throwaway(folder, "\n".join(lines) + "\n", ports, "the new files"):
         pass
 
 
@@ -616,13 +640,46 @@ def _reload(pid_file: Path) -> str:
         return f"no process {pid} (stale {pid_file}); {by_hand}"
     except PermissionError:
         return f"not allowed to signal Mosquitto (pid {pid}); {by_hand}"
+    if not _signal_taken(pid, signal.SIGHUP):
+        return f"Mosquitto (pid {pid}) was sent SIGHUP but has not taken it yet"
     return "reloaded"
 
 
+def _signal_taken(pid: int, signum: int, timeout_s: float = 2.0) -> bool:
+    """Wait until ``pid`` no longer has ``signum`` pending (Linux /proc).
+
+    Mosquitto is single-threaded: its handler only sets a flag and interrupts the wait for
+    network events, and the loop reloads before it takes the next event. So once the signal
+    is no longer pending, every connection made afterwards meets the new files.
+    """
+    bit = 1 << (signum - 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return True  # no /proc (not Linux): nothing to wait on
+        pending = 0
+        for line in status.splitlines():
+            if line.startswith(("SigPnd:", "ShdPnd:")):
+                pending |= int(line.split()[1], 16)
+        if not pending & bit:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+
+
 def sync_accounts(
-    out: Path, accounts: Iterable[tuple[str, str]], *, validate: bool = True, reload: bool = True
+    out: Path,
+    accounts: Iterable[tuple[str, str]],
+    *,
+    crl: bytes | None = None,
+    validate: bool = True,
+    reload: bool = True,
 ) -> SyncResult:
-    """Rewrite ``out``'s passwd and acl for ``accounts`` (see ``broker_accounts``) and reload.
+    """Rewrite ``out``'s passwd and acl for ``accounts`` (see ``broker_state``), and its
+    crl.pem when a ``crl`` is given (``DeviceCA.revocation_list``), then reload.
 
     ``out`` is a folder written by ``write_config``; its certificates, listeners and ingest
     login stay as they are. The new files are checked by starting Mosquitto on them (unless
@@ -642,16 +699,18 @@ def sync_accounts(
         if owner is not None:
             os.chmod(folder, 0o711)  # noqa: S103 - Mosquitto, as its user, reads inside
         services = (out / SERVICES_FILE).read_text()
-        files = {
+        files: dict[str, str | bytes] = {
             "passwd": _render_passwd(services, usable),
             "acl": _render_acl(ingest_username, (uid for uid, _ in usable)),
         }
-        for name, text in files.items():
-            _write(folder / name, text, 0o600)
+        if crl is not None:
+            files["crl.pem"] = crl
+        for name, data in files.items():
+            _write(folder / name, data, 0o644 if name == "crl.pem" else 0o600)
             if owner is not None:
                 os.chown(folder / name, *owner)
         if validate:
-            _check_starts(folder, user)
+            _check_starts(folder, out, user)
         for name in files:
             os.replace(folder / name, out / name)
     finally:

@@ -14,18 +14,21 @@ from pathlib import Path
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from telemetra.broker.mosquitto import broker_accounts, sync_accounts, sync_lock
+from telemetra.broker.mosquitto import broker_state, sync_accounts, sync_lock
+from telemetra.certs import DeviceCA
 from telemetra.store.tenancy import TENANT_SCOPE
 
 log = structlog.get_logger("telemetra.broker")
 
 
 class BrokerSync:
-    """Rewrites the broker folder ``out`` (from ``telemetra broker-config``) on request."""
+    """Rewrites the broker folder ``out`` (from ``telemetra broker-config``) on request; with
+    the installation CA in ``ca_folder``, also its certificate revocation list."""
 
-    def __init__(self, engine: AsyncEngine, out: Path) -> None:
+    def __init__(self, engine: AsyncEngine, out: Path, ca_folder: Path) -> None:
         self.engine = engine
         self.out = out
+        self.ca_folder = ca_folder
         self._lock = asyncio.Lock()
         self._requested = 0
         self._done = 0
@@ -56,10 +59,12 @@ class BrokerSync:
 
     def _sync(self, loop: asyncio.AbstractEventLoop) -> str:
         with sync_lock(self.out):
-            accounts = asyncio.run_coroutine_threadsafe(self._accounts(), loop).result()
-            return sync_accounts(self.out, accounts).reload
+            accounts, revoked = asyncio.run_coroutine_threadsafe(self._state(), loop).result()
+            ca = DeviceCA.load_existing(self.ca_folder)
+            crl = ca.revocation_list(revoked) if ca is not None else None
+            return sync_accounts(self.out, accounts, crl=crl).reload
 
-    async def _accounts(self) -> list[tuple[str, str]]:
+    async def _state(self) -> tuple[list[tuple[str, str]], list[str]]:
         TENANT_SCOPE.set("")  # every tenant's devices (this task's own context)
         async with self.engine.connect() as conn:
-            return await broker_accounts(conn)
+            return await broker_state(conn)

@@ -19,6 +19,7 @@ from telemetra.credentials import mosquitto_hash, new_token, token_hash
 from telemetra.model import Device, valid_device_uid
 from telemetra.store.schema import (
     DEFAULT_TENANT,
+    device_certificates,
     device_quality,
     devices,
     event_times,
@@ -309,10 +310,46 @@ async def rotate_token(conn: AsyncConnection, device_id: int) -> str:
 
 
 async def delete_device(conn: AsyncConnection, device_id: int) -> None:
-    """Delete a device with its readings, rollups, latest values and quality record."""
+    """Delete a device with its readings, rollups, latest values and quality record; its
+    client certificates are revoked for good (a device created later under the same id must
+    not be reachable with them)."""
+    uid = await conn.scalar(select(devices.c.uid).where(devices.c.id == device_id))
+    await conn.execute(
+        device_certificates.update()
+        .where(device_certificates.c.device_uid == uid, device_certificates.c.revoked_at.is_(None))
+        .values(revoked_at=now_us())
+    )
     for table in (readings, rollup_1m, rollup_1h, latest, device_quality, event_times):
         await conn.execute(table.delete().where(table.c.device_id == device_id))
     await conn.execute(devices.delete().where(devices.c.id == device_id))
+
+
+async def record_certificate(
+    conn: AsyncConnection, tenant_id: int, uid: str, serial: str, not_after: int
+) -> None:
+    """Remember a client certificate issued to a device (for the revocation list)."""
+    await conn.execute(
+        device_certificates.insert().values(
+            serial=serial, tenant_id=tenant_id, device_uid=uid, issued_at=now_us(),
+            not_after=not_after,
+        )
+    )  # fmt: skip
+
+
+async def revoked_serials(conn: AsyncConnection) -> list[str]:
+    """Serials (hex) of unexpired certificates the broker must refuse: revoked ones (their
+    device was deleted) and those of devices that are not active."""
+    inactive = select(devices.c.uid).where(devices.c.status != "active")
+    rows = await conn.execute(
+        select(device_certificates.c.serial)
+        .where(
+            device_certificates.c.not_after > now_us(),
+            device_certificates.c.revoked_at.is_not(None)
+            | device_certificates.c.device_uid.in_(inactive),
+        )
+        .order_by(device_certificates.c.serial)
+    )
+    return [str(serial) for (serial,) in rows]
 
 
 async def create_user(

@@ -126,6 +126,7 @@ rollup_1m = _rollup("rollup_1m")
 rollup_1h = _rollup("rollup_1h")
 ROLLUPS = {60 * 1_000_000: rollup_1m, 3600 * 1_000_000: rollup_1h}
 
+
 def _device_ref(table: str) -> ForeignKeyConstraint:
     """(tenant_id, device_id) → the device *of that tenant* (see migration 0004)."""
     return ForeignKeyConstraint(
@@ -203,3 +204,18 @@ device_quality = Table(
     Column("count", BigInteger, nullable=False),
     _device_ref("device_quality"),
 )
+
+# Client certificates issued to devices, kept after the device is deleted: the broker's
+# certificate revocation list names those revoked (device deleted) and those of disabled
+# devices, until they expire. Serials are hex (X.509 serials are up to 20 bytes).
+device_certificates = Table(
+    "device_certificates",
+    metadata,
+    Column("serial", String(40), primary_key=True),
+    Column("tenant_id", Id, nullable=False),
+    Column("device_uid", String(128), nullable=False),
+    Column("issued_at", BigInteger, nullable=False),
+    Column("not_after", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+)
+Index("ix_device_certificates_uid", device_certificates.c.device_uid)
