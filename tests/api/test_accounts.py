@@ -232,7 +232,18 @@ async def test_other_tenants_and_lower_roles_are_kept_out(
     )
     assert changed.status_code == 200, changed.text
     assert (changed.json()["role"], changed.json()["tenant"]) == ("viewer", world.tenant_a)
-    assert (await login(c, f"a-viewer-{tag}", NEW_PASSWORD)).status_code == 200
+    fresh = await login(c, f"a-viewer-{tag}", NEW_PASSWORD)
+    assert fresh.status_code == 200
+    # A new password ends the tokens issued before it (a stolen token dies with the old one).
+    stale = await c.get("/api/v1/auth/me", headers=hv)
+    assert_error(stale, 401, "unauthorized")
+    assert "password changed" in stale.json()["error"]["message"]
+    hv = {"Authorization": f"Bearer {fresh.json()['access_token']}"}
+    assert (await c.get("/api/v1/auth/me", headers=hv)).status_code == 200
+    # Also when the owner resets it.
+    reset = {"password": PASSWORD}
+    assert (await c.patch(me, json=reset, headers=world.auth("a-owner"))).status_code == 200
+    assert_error(await c.get("/api/v1/auth/me", headers=hv), 401, "unauthorized")
 
 
 async def test_admin_and_stale_tokens(

@@ -110,7 +110,9 @@ async def fuzzed(fuzz_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
             rate_limit_device_per_s=0, rate_limit_user_per_s=0, max_request_bytes=64 * 1024,
         )
     )  # fmt: skip
-    owner = issue_token(SECRET, Caller(owner_id, f"fuzz-owner-{tag}", tenant_id, "owner"), 3600)
+    owner = issue_token(
+        SECRET, Caller(owner_id, f"fuzz-owner-{tag}", tenant_id, "owner"), 3600, _HASH
+    )
     try:
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         with asgi.get_client(app) as client:

@@ -14,12 +14,13 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import IntegrityError
 
+from telemetra.api import errors
 from telemetra.api.auth import Caller, hash_password, password_matches, role
 from telemetra.api.errors import ApiError
 from telemetra.ingest.timestamps import format_us
 from telemetra.store import catalog
 
-router = APIRouter(tags=["tenants and users"])
+router = APIRouter(tags=["tenants and users"], responses=errors.responses(422, 429))
 
 Role = Literal["viewer", "operator", "owner", "admin"]
 NAME_TAKEN = "this username is not available; choose another"
@@ -70,7 +71,7 @@ class TenantOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"id": 2, "name": "acme", "timezone": None, "created_at": "2026-01-05T10:00:00Z"}
+                {"id": 2, "name": "acme", "timezone": "UTC", "created_at": "2026-01-05T10:00:00Z"}
             ]
         }
     )
@@ -82,6 +83,22 @@ class TenantOut(BaseModel):
 
 
 class TenantPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"id": 2, "name": "acme", "timezone": "UTC",
+                         "created_at": "2026-01-05T10:00:00Z"},
+                        {"id": 3, "name": "globex", "timezone": "Europe/Berlin",
+                         "created_at": "2026-02-01T08:30:00.125000Z"},
+                    ],
+                    "next_offset": 2,
+                }
+            ]
+        }
+    )  # fmt: skip
+
     items: list[TenantOut]
     next_offset: int | None = Field(description="pass as offset for the next page; null: last")
 
@@ -157,6 +174,24 @@ class UserOut(BaseModel):
 
 
 class UserPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"id": 7, "username": "maria", "tenant_id": 2, "tenant": "acme",
+                         "role": "operator", "disabled": False,
+                         "created_at": "2026-01-05T10:00:00Z"},
+                        {"id": 9, "username": "li.wei", "tenant_id": 2, "tenant": "acme",
+                         "role": "viewer", "disabled": True,
+                         "created_at": "2026-03-12T14:20:31.402115Z"},
+                    ],
+                    "next_offset": 2,
+                }
+            ]
+        }
+    )  # fmt: skip
+
     items: list[UserOut]
     next_offset: int | None = Field(description="pass as offset for the next page; null: last")
 
@@ -175,15 +210,17 @@ def _user(row: Any) -> UserOut:  # never the password hash
 
 
 MAX_INT64 = 2**63 - 1  # ids and offsets are 64-bit in the database: larger ones are a 422
-Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0, le=MAX_INT64)]
-UserId = Annotated[int, Path(ge=1, le=MAX_INT64)]
+Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
+Offset = Annotated[
+    int, Query(ge=0, le=MAX_INT64, description="items to skip: next_offset of the previous page")
+]
+UserId = Annotated[int, Path(ge=1, le=MAX_INT64, description="user id", examples=[7])]
 
 
 # --- tenants ---
 
 
-@router.get("/tenants", response_model=TenantPage)
+@router.get("/tenants", response_model=TenantPage, summary="List tenants")
 async def list_tenants(
     request: Request,
     caller: Annotated[Caller, role("viewer")],
@@ -201,7 +238,16 @@ async def list_tenants(
     )
 
 
-@router.post("/tenants", response_model=TenantOut, status_code=201)
+@router.post(
+    "/tenants",
+    response_model=TenantOut,
+    status_code=201,
+    summary="Create a tenant",
+    responses=errors.responses(
+        403, 409, messages={403: "this needs the admin role or higher",
+                            409: "tenant 'acme' already exists"}
+    ),
+)  # fmt: skip
 async def create_tenant(
     request: Request, body: TenantIn, caller: Annotated[Caller, role("admin")]
 ) -> TenantOut:
@@ -240,7 +286,15 @@ def _guard_admin(caller: Caller, target: Any) -> None:
         raise ApiError(403, "only platform admins can change or delete an admin")
 
 
-@router.get("/users", response_model=UserPage)
+@router.get(
+    "/users",
+    response_model=UserPage,
+    summary="List users",
+    responses=errors.responses(
+        403, 404, messages={403: "this needs the owner role or higher",
+                            404: "no tenant named 'initech'"}
+    ),
+)  # fmt: skip
 async def list_users(
     request: Request,
     caller: Annotated[Caller, role("owner")],
@@ -264,7 +318,15 @@ async def list_users(
     )
 
 
-@router.post("/users", response_model=UserOut, status_code=201)
+@router.post(
+    "/users",
+    response_model=UserOut,
+    status_code=201,
+    summary="Create a user",
+    responses=errors.responses(
+        403, 409, messages={403: "owners create users only in their own tenant", 409: NAME_TAKEN}
+    ),
+)
 async def create_user(
     request: Request, body: UserIn, caller: Annotated[Caller, role("owner")]
 ) -> UserOut:
@@ -301,7 +363,14 @@ async def create_user(
     return _user(row)
 
 
-@router.patch("/users/{user_id}", response_model=UserOut)
+@router.patch(
+    "/users/{user_id}",
+    response_model=UserOut,
+    summary="Edit a user",
+    responses=errors.responses(
+        403, 404, messages={403: "you can change only your own password", 404: "no user 7"}
+    ),
+)
 async def edit_user(
     request: Request, user_id: UserId, body: UserPatch, caller: Annotated[Caller, role("viewer")]
 ) -> UserOut:
@@ -336,7 +405,15 @@ async def edit_user(
     return _user(row)
 
 
-@router.delete("/users/{user_id}", status_code=204)
+@router.delete(
+    "/users/{user_id}",
+    status_code=204,
+    summary="Delete a user",
+    responses=errors.responses(
+        403, 404, 409, messages={403: "only platform admins can change or delete an admin",
+                                 404: "no user 7", 409: "you cannot delete yourself"}
+    ),
+)  # fmt: skip
 async def delete_user(
     request: Request, user_id: UserId, caller: Annotated[Caller, role("owner")]
 ) -> None:

@@ -79,7 +79,9 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
         app.state.http_ingest = ingest.HttpIngest(Pipeline(app.state.engine, settings), settings)
         app.state.http_ingest.start()
         app.state.broker_sync = (
-            BrokerSync(app.state.engine, settings.broker_dir) if settings.broker_dir else None
+            BrokerSync(app.state.engine, settings.broker_dir, settings.ca_folder)
+            if settings.broker_dir
+            else None
         )
         try:
             yield
@@ -91,8 +93,10 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
     app = FastAPI(
         title="Telemetra",
         version=__version__,
-        description="IoT telemetry: devices, ingest, time series. Errors always have the shape "
-        '`{"error": {"code", "message", "details"}}`.',
+        description="IoT telemetry: devices, ingest, time series. Users log in at "
+        "`/api/v1/auth/token` and send `Authorization: Bearer <token>`; devices send their token "
+        "in `X-API-Key`. Errors always have the shape "
+        '`{"error": {"code", "message", "details"}}` (`ErrorOut`).',
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -103,7 +107,7 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
     app.state.user_limits = RateLimiter(settings.rate_limit_user_per_s, settings.rate_limit_burst)
     errors.install(app)
     _observe(app)
-    api = APIRouter(prefix="/api/v1")
+    api = APIRouter(prefix="/api/v1", responses=errors.responses(401))  # every route: some auth
     api.include_router(auth.router)
     api.include_router(accounts.router)
     api.include_router(devices.router)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -10,11 +13,12 @@ from typing import Annotated, Any
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
-from fastapi import APIRouter, Depends, Request
-from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.security import OAuth2PasswordBearer
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from telemetra.api import errors
 from telemetra.api.errors import ApiError
 from telemetra.store.schema import users
 from telemetra.store.tenancy import scope_to
@@ -56,11 +60,19 @@ class Caller:
         return ROLES.index(self.role) >= ROLES.index(role)
 
 
-def issue_token(secret: str, caller: Caller, ttl_s: int) -> str:
-    """A signed access token (explicit algorithm, issuer, expiry)."""
+def password_tag(secret: str, password_hash: str) -> str:
+    """A keyed fingerprint of the stored password hash: tokens carry it, so changing the
+    password ends every token issued before (it reveals nothing of the password)."""
+    digest = hmac.new(secret.encode(), password_hash.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:12]).decode()
+
+
+def issue_token(secret: str, caller: Caller, ttl_s: int, password_hash: str) -> str:
+    """A signed access token (explicit algorithm, issuer, expiry), bound to the password."""
     now = int(time.time())
     claims = {
         "sub": str(caller.user_id),
+        "pwd": password_tag(secret, password_hash),
         "name": caller.username,
         "tenant": caller.tenant_id,
         "role": caller.role,
@@ -71,19 +83,21 @@ def issue_token(secret: str, caller: Caller, ttl_s: int) -> str:
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def read_token(secret: str, token: str) -> Caller:
-    """Verify a token; ``alg: none``, other keys, tampering and expiry are all refused."""
+def read_token(secret: str, token: str) -> tuple[Caller, str]:
+    """Verify a token: (caller, password tag). ``alg: none``, other keys, tampering and expiry
+    are all refused."""
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=[ALGORITHM],
             issuer=ISSUER,
-            options={"require": ["exp", "iss", "sub"]},
+            options={"require": ["exp", "iss", "sub", "pwd"]},
         )
-        return Caller(
+        caller = Caller(
             int(claims["sub"]), str(claims["name"]), int(claims["tenant"]), claims["role"]
         )
+        return caller, str(claims["pwd"])
     except (jwt.PyJWTError, KeyError, ValueError, TypeError):
         raise ApiError(
             401,
@@ -96,16 +110,24 @@ async def current_caller(request: Request, token: Annotated[str | None, Depends(
     """The caller of this request, from its bearer token."""
     if token is None:
         raise ApiError(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
-    claimed = read_token(request.app.state.secret_key, token)
+    secret = request.app.state.secret_key
+    claimed, tag = read_token(secret, token)
     request.app.state.user_limits.check(f"user:{claimed.user_id}", "user")
     # The account as stored now: a deleted or disabled user's token stops working at once,
-    # and a changed role or tenant applies to tokens already issued.
+    # a changed role or tenant applies to tokens already issued, and a changed password
+    # ends the tokens issued before it.
     async with request.app.state.engine.connect() as conn:
         row = (await conn.execute(select(users).where(users.c.id == claimed.user_id))).one_or_none()
     if row is None or row.disabled or row.username != claimed.username or row.role not in ROLES:
         raise ApiError(
             401,
             "this token's account is disabled or no longer exists",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(tag, password_tag(secret, row.password_hash)):
+        raise ApiError(
+            401,
+            "the password changed since this token was issued; log in again",
             headers={"WWW-Authenticate": "Bearer"},
         )
     caller = Caller(row.id, row.username, row.tenant_id, row.role)
@@ -125,24 +147,70 @@ def role(minimum: str) -> Any:
     return Depends(check)
 
 
-class TokenOut(BaseModel):
-    access_token: str
+class LoginForm(BaseModel):
+    """OAuth2's password grant as an HTML form (``application/x-www-form-urlencoded``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"grant_type": "password", "username": "maria", "password": "a long passphrase"}
+            ]
+        }
+    )
+
+    grant_type: str | None = Field(None, pattern="^password$", description="password, or absent")
+    username: str = Field(examples=["maria"])
+    password: str = Field(json_schema_extra={"format": "password"})
+    scope: str = Field("", description="ignored: the account's role decides")
+    client_id: str | None = Field(None, description="ignored")
+    client_secret: str | None = Field(
+        None, description="ignored", json_schema_extra={"format": "password"}
+    )
+
+
+class AccessTokenOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI3IiwicHdkIjoi"
+                    "c0hhNkJwVzc1VV82WmxTbyIsIm5hbWUiOiJtYXJpYSIsInRlbmFudCI6Miwicm9sZSI6Im9wZXJh"
+                    "dG9yIiwiaXNzIjoidGVsZW1ldHJhIiwiaWF0IjoxNzk1MzQxNjAwLCJleHAiOjE3OTUzNDUyMDB9."
+                    "agcr-ytpg_DLClLJ_F3HpKxlx0bVq3LHZ_ha2TF_-Xs",
+                    "token_type": "bearer",
+                    "expires_in": 3600,
+                }
+            ]
+        }
+    )
+
+    access_token: str = Field(description="send as `Authorization: Bearer <access_token>`")
     token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
-    expires_in: int
+    expires_in: int = Field(description="seconds until the token expires")
 
 
 class MeOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": 7, "username": "maria", "tenant_id": 2, "role": "operator"}]
+        }
+    )
+
     id: int
     username: str
     tenant_id: int
-    role: str
+    role: str = Field(description="viewer, operator, owner or admin")
 
 
-@router.post("/token", response_model=TokenOut, summary="Log in (OAuth2 password form)")
-async def login(
-    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]
-) -> TokenOut:
-    """Exchange a username and password for a short-lived bearer token."""
+@router.post(
+    "/token",
+    response_model=AccessTokenOut,
+    summary="Log in (OAuth2 password form)",
+    responses=errors.responses(401, 422, messages={401: "wrong username or password"}),
+)
+async def login(request: Request, form: Annotated[LoginForm, Form()]) -> AccessTokenOut:
+    """Exchange a username and password for a short-lived bearer token (the Authorize button
+    of /docs uses this)."""
     async with request.app.state.engine.connect() as conn:
         row = (
             await conn.execute(select(users).where(users.c.username == form.username))
@@ -154,14 +222,13 @@ async def login(
         raise ApiError(401, "wrong username or password", headers={"WWW-Authenticate": "Bearer"})
     caller = Caller(row.id, row.username, row.tenant_id, row.role)
     ttl = request.app.state.settings.token_ttl_s
-    return TokenOut(
-        access_token=issue_token(request.app.state.secret_key, caller, ttl), expires_in=ttl
-    )
+    token = issue_token(request.app.state.secret_key, caller, ttl, row.password_hash)
+    return AccessTokenOut(access_token=token, expires_in=ttl)
 
 
-@router.get("/me", response_model=MeOut)
+@router.get("/me", response_model=MeOut, summary="Who am I", responses=errors.responses(429))
 async def me(caller: Annotated[Caller, Depends(current_caller)]) -> MeOut:
-    """Who the token belongs to."""
+    """Who the token belongs to: the account as it is now."""
     return MeOut(
         id=caller.user_id, username=caller.username, tenant_id=caller.tenant_id, role=caller.role
     )

@@ -5,15 +5,31 @@ from __future__ import annotations
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from telemetra.api import errors
 from telemetra.api.auth import Caller, role
 from telemetra.api.errors import ApiError
 from telemetra.ingest.timestamps import format_us
 from telemetra.store import catalog
 
-router = APIRouter(prefix="/devices", tags=["devices"])
+router = APIRouter(prefix="/devices", tags=["devices"], responses=errors.responses(422, 429))
+OPERATOR = "this needs the operator role or higher"
+NO_DEVICE = "no device 'greenhouse-9'"
+UidParam = Annotated[str, Path(description="the device's uid", examples=["greenhouse-1"])]
+_TOKEN = "hMFZF4jt5k0IlwFGLaX75UnejoIOiRS9LolsWRiDFtg"  # noqa: S105 - an example for /docs
+_DEVICE: dict[str, Any] = {
+    "uid": "greenhouse-1",
+    "name": "Greenhouse 1",
+    "type": "climate",
+    "status": "active",
+    "timezone": "Europe/Berlin",
+    "metadata": {"location": {"lat": 48.2, "lon": 16.4}, "firmware": "1.2"},
+    "last_seen": "2026-11-22T10:00:01.250000Z",
+    "clock_offset_s": -0.8,
+    "created_at": "2026-01-05T10:00:00Z",
+}
 
 
 def scope(caller: Caller) -> int | None:
@@ -37,7 +53,20 @@ def _not_null(value: str | None) -> str:
 
 
 class DeviceIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "uid": "greenhouse-1",
+                    "name": "Greenhouse 1",
+                    "type": "climate",
+                    "timezone": "Europe/Berlin",
+                    "metadata": {"location": {"lat": 48.2, "lon": 16.4}, "firmware": "1.2"},
+                }
+            ]
+        },
+    )
 
     uid: str = Field(examples=["greenhouse-1"], description="MQTT topic level and username")
     name: str | None = Field(None, max_length=200)
@@ -53,7 +82,15 @@ class DeviceIn(BaseModel):
 class DevicePatch(BaseModel):
     """Editable fields; anything else (tenant, uid, token) is refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "Greenhouse 1 (north)", "metadata": {"firmware": "1.3"}},
+                {"status": "disabled"},
+            ]
+        },
+    )
 
     name: str | None = Field(None, max_length=200)
     type: str | None = Field(None, max_length=64)
@@ -66,6 +103,8 @@ class DevicePatch(BaseModel):
 
 
 class DeviceOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_DEVICE]})
+
     uid: str
     name: str | None
     type: str | None
@@ -86,16 +125,46 @@ BROKER_FIELD = Field(
 
 
 class DeviceCreated(DeviceOut):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {**_DEVICE, "last_seen": None, "clock_offset_s": None, "token": _TOKEN,
+                 "broker": "reloaded"}
+            ]
+        }
+    )  # fmt: skip
+
     token: str = Field(description="shown only once; only a hash is stored")
     broker: str | None = BROKER_FIELD
 
 
 class DevicePage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        _DEVICE,
+                        {**_DEVICE, "uid": "greenhouse-2", "name": "Greenhouse 2",
+                         "status": "disabled", "metadata": {}, "clock_offset_s": 0.1},
+                    ],
+                    "next_offset": 2,
+                }
+            ]
+        }
+    )  # fmt: skip
+
     items: list[DeviceOut]
-    next_offset: int | None
+    next_offset: int | None = Field(description="pass as offset for the next page; null: last")
 
 
 class TokenOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"uid": "greenhouse-1", "token": _TOKEN, "broker": "reloaded"}]
+        }
+    )
+
     uid: str
     token: str = Field(description="the new token, shown only once; the old one stops working")
     broker: str | None = BROKER_FIELD
@@ -129,15 +198,21 @@ async def visible_device(request: Request, caller: Caller, uid: str) -> Any:
     return row
 
 
-@router.get("", response_model=DevicePage)
+@router.get("", response_model=DevicePage, summary="List devices")
 async def list_devices(
     request: Request,
     caller: Annotated[Caller, role("viewer")],
-    status: Annotated[str | None, Query(pattern="^(active|disabled)$")] = None,
-    type: str | None = None,
+    status: Annotated[
+        str | None,
+        Query(pattern="^(active|disabled)$", description="active or disabled", examples=["active"]),
+    ] = None,
+    type: Annotated[str | None, Query(description="device type", examples=["climate"])] = None,
     q: Annotated[str | None, Query(description="text in uid or name")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # 64-bit in the database
+    limit: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 100,
+    offset: Annotated[
+        int,
+        Query(ge=0, le=2**63 - 1, description="items to skip: next_offset of the previous page"),
+    ] = 0,  # 64-bit in the database
 ) -> DevicePage:
     """Devices of the caller's tenant, by uid."""
     async with request.app.state.engine.connect() as conn:
@@ -151,7 +226,16 @@ async def list_devices(
     )
 
 
-@router.post("", response_model=DeviceCreated, status_code=201)
+@router.post(
+    "",
+    response_model=DeviceCreated,
+    status_code=201,
+    summary="Register a device",
+    responses=errors.responses(
+        403, 409, messages={403: OPERATOR, 409: "device 'greenhouse-1' already exists: device "
+                            "ids are unique across the installation"}
+    ),
+)  # fmt: skip
 async def create_device(
     request: Request, body: DeviceIn, caller: Annotated[Caller, role("operator")]
 ) -> DeviceCreated:
@@ -169,17 +253,27 @@ async def create_device(
     return DeviceCreated(**_out(row), token=token, broker=await sync_broker(request))
 
 
-@router.get("/{uid}", response_model=DeviceOut)
+@router.get(
+    "/{uid}",
+    response_model=DeviceOut,
+    summary="Get a device",
+    responses=errors.responses(404, messages={404: NO_DEVICE}),
+)
 async def get_device(
-    request: Request, uid: str, caller: Annotated[Caller, role("viewer")]
+    request: Request, uid: UidParam, caller: Annotated[Caller, role("viewer")]
 ) -> DeviceOut:
     """One device."""
     return DeviceOut(**_out(await visible_device(request, caller, uid)))
 
 
-@router.patch("/{uid}", response_model=DeviceOut)
+@router.patch(
+    "/{uid}",
+    response_model=DeviceOut,
+    summary="Edit a device",
+    responses=errors.responses(403, 404, messages={403: OPERATOR, 404: NO_DEVICE}),
+)
 async def edit_device(
-    request: Request, uid: str, body: DevicePatch, caller: Annotated[Caller, role("operator")]
+    request: Request, uid: UidParam, body: DevicePatch, caller: Annotated[Caller, role("operator")]
 ) -> DeviceOut:
     """Change name, type, time zone, metadata or status (a disabled device loses its broker
     login at once, when Telemetra manages the broker's files)."""
@@ -193,9 +287,14 @@ async def edit_device(
     return DeviceOut(**_out(updated))
 
 
-@router.delete("/{uid}", status_code=204)
+@router.delete(
+    "/{uid}",
+    status_code=204,
+    summary="Delete a device",
+    responses=errors.responses(403, 404, messages={403: OPERATOR, 404: NO_DEVICE}),
+)
 async def delete_device(
-    request: Request, uid: str, caller: Annotated[Caller, role("operator")]
+    request: Request, uid: UidParam, caller: Annotated[Caller, role("operator")]
 ) -> None:
     """Delete a device and all its data (and its broker login)."""
     row = await visible_device(request, caller, uid)
@@ -204,9 +303,14 @@ async def delete_device(
     await sync_broker(request)
 
 
-@router.post("/{uid}/token", response_model=TokenOut)
+@router.post(
+    "/{uid}/token",
+    response_model=TokenOut,
+    summary="Rotate a device's token",
+    responses=errors.responses(403, 404, messages={403: OPERATOR, 404: NO_DEVICE}),
+)
 async def rotate_token(
-    request: Request, uid: str, caller: Annotated[Caller, role("operator")]
+    request: Request, uid: UidParam, caller: Annotated[Caller, role("operator")]
 ) -> TokenOut:
     """Issue a new token for a device; the old one stops working."""
     row = await visible_device(request, caller, uid)
@@ -216,6 +320,22 @@ async def rotate_token(
 
 
 class CertificateOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "uid": "greenhouse-1",
+                    "certificate": "-----BEGIN CERTIFICATE-----\nMIIBwDCCAWagAwIBAgIU…\n"
+                    "-----END CERTIFICATE-----\n",
+                    "private_key": "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49…\n"
+                    "-----END PRIVATE KEY-----\n",
+                    "ca_certificate": "-----BEGIN CERTIFICATE-----\nMIIBzDCCAXKgAwIBAgIU…\n"
+                    "-----END CERTIFICATE-----\n",
+                }
+            ]
+        }
+    )
+
     uid: str
     certificate: str = Field(description="PEM, CN = device id, signed by the installation CA")
     private_key: str = Field(description="PEM; not stored by Telemetra: keep it safe")
@@ -225,28 +345,42 @@ class CertificateOut(BaseModel):
 @router.post(
     "/{uid}/certificate",
     response_model=CertificateOut,
-    responses={200: {"content": {"application/zip": {}}}},
+    summary="Issue a client certificate (mTLS)",
+    responses={
+        200: {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+        **errors.responses(403, 404, messages={403: OPERATOR, 404: NO_DEVICE}),
+    },
 )
 async def issue_certificate(
     request: Request,
-    uid: str,
+    uid: UidParam,
     caller: Annotated[Caller, role("operator")],
-    format: Annotated[str, Query(pattern="^(json|zip)$")] = "json",
+    format: Annotated[
+        str,
+        Query(
+            pattern="^(json|zip)$",
+            description="json: the PEMs in JSON; zip: a bundle of files to copy to the device",
+        ),
+    ] = "json",
 ) -> Any:
-    """Issue an X.509 client certificate for mTLS (as PEM in JSON, or a zip bundle)."""
+    """Issue an X.509 client certificate for mTLS (as PEM in JSON, or a zip bundle). It is
+    recorded, so that the broker refuses it while the device is disabled and for good once
+    the device is deleted (with TELEMETRA_BROKER_DIR)."""
     from fastapi.responses import Response
 
-    from telemetra.certs import DeviceCA, device_bundle_zip, issue_client_cert
+    from telemetra.certs import DeviceCA, certificate_facts, device_bundle_zip, issue_client_cert
 
-    await visible_device(request, caller, uid)
+    row = await visible_device(request, caller, uid)
     ca = DeviceCA.load_or_create(request.app.state.settings.ca_folder)
+    cert, key = issue_client_cert(ca, uid)
+    async with request.app.state.engine.begin() as conn:  # for the revocation list
+        await catalog.record_certificate(conn, row.tenant_id, uid, *certificate_facts(cert))
     if format == "zip":
         return Response(
-            device_bundle_zip(ca, uid),
+            device_bundle_zip(ca, uid, issued=(cert, key)),
             media_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="{uid}.zip"'},
         )
-    cert, key = issue_client_cert(ca, uid)
     return CertificateOut(
         uid=uid,
         certificate=cert.decode(),

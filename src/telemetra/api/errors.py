@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
@@ -23,6 +25,8 @@ _CODES = {
     413: "payload_too_large",
     422: "invalid_request",
     429: "rate_limited",
+    501: "not_implemented",
+    503: "unavailable",
 }
 # PostgreSQL refuses some text the client sent (NUL characters, "\u0000" in JSON): a 422, not a 500.
 UNSTORABLE_TEXT = {"22021", "22P05"}  # character_not_in_repertoire, untranslatable_character
@@ -51,6 +55,114 @@ class ApiError(Exception):
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     """The JSON body of an error response."""
     return {"error": {"code": code, "message": message, "details": details}}
+
+
+# --- the error shape in the OpenAPI document --------------------------------------------------
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(
+        description="machine-readable: bad_request, unauthorized, forbidden, not_found, conflict, "
+        "payload_too_large, invalid_request, rate_limited, not_implemented, unavailable, "
+        "internal_error …",
+        examples=["not_found"],
+    )
+    message: str = Field(
+        description="what went wrong, for people", examples=["no device 'greenhouse-9'"]
+    )
+    details: Any = Field(
+        description="more about it, or null; for invalid requests a list of {field, problem}",
+        examples=[None],
+    )
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                error_body("not_found", "no device 'greenhouse-9'"),
+                error_body(
+                    "invalid_request",
+                    "the request does not match the schema",
+                    [
+                        {
+                            "field": "query.limit",
+                            "problem": "Input should be less than or equal to 1000",
+                        }
+                    ],
+                ),
+            ]
+        }
+    )
+
+    error: ErrorInfo
+
+
+# status: (what it means, an example message, example details)
+_DOCUMENTED: dict[int, tuple[str, str, Any]] = {
+    400: ("Malformed request", "a batch is a JSON array of messages", None),
+    401: ("No credentials, or invalid, expired or revoked ones", "authentication required", None),
+    403: ("The caller's role does not allow this", "this needs the operator role or higher", None),
+    404: (
+        "Not found (another tenant's resources answer exactly like missing ones)",
+        "no device 'greenhouse-9'",
+        None,
+    ),
+    409: ("Conflicts with what exists", "already exists", None),
+    413: (
+        "The body is larger than TELEMETRA_MAX_REQUEST_BYTES",
+        "body of 2097152 bytes exceeds the limit of 1048576 bytes",
+        None,
+    ),
+    422: (
+        "The request does not match the schema, or a value in it cannot be read",
+        "the request does not match the schema",
+        [{"field": "query.limit", "problem": "Input should be greater than or equal to 1"}],
+    ),
+    429: (
+        "Rate limited: retry after Retry-After seconds",
+        "too many requests for this user; at most 20/s (bursts of 60)",
+        None,
+    ),
+    501: ("Not available on this server", "not implemented", None),
+    503: (
+        "Temporarily unavailable: retry after Retry-After seconds",
+        "ingest is saturated; retry shortly",
+        None,
+    ),
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    503: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+}
+
+
+def responses(
+    *statuses: int, messages: Mapping[int, str | tuple[str, Any]] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route or router: each status documented with the one error shape
+    (``ErrorOut``) and an example; ``messages`` gives a status a more specific example message,
+    or (message, details)."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        meaning, message, details = _DOCUMENTED[status]
+        specific = (messages or {}).get(status)
+        if isinstance(specific, tuple):
+            message, details = specific
+        elif specific is not None:
+            message, details = specific, None
+        code = _CODES[status]
+        documented[status] = {
+            "model": ErrorOut,
+            "description": meaning,
+            "content": {"application/json": {"example": error_body(code, message, details)}},
+        }
+        if status in _HEADERS:
+            documented[status]["headers"] = _HEADERS[status]
+    return documented
 
 
 def install(app: FastAPI) -> None:

@@ -3,19 +3,44 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
 router = APIRouter(tags=["health"])
 
+_READY: dict[str, Any] = {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+_UNAVAILABLE: dict[str, Any] = {
+    "status": "unavailable",
+    "checks": {
+        "database": "ok",
+        "broker": "unreachable at mosquitto:1883: [Errno 111] Connection refused",
+    },
+}
 
-@router.get("/health")
-async def health() -> dict[str, str]:
-    """The process is up."""
-    return {"status": "ok"}
+
+class HealthOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_READY, _UNAVAILABLE]})
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(
+        description="per dependency (database, broker): ok, or why it is unreachable"
+    )
+
+
+@router.get("/health", response_model=HealthOut, summary="Liveness")
+async def health() -> HealthOut:
+    """The process is up (it checks nothing else; see /ready)."""
+    return HealthOut(status="ok")
 
 
 async def _broker(url: str) -> str:
@@ -33,7 +58,16 @@ async def _broker(url: str) -> str:
     return "ok"
 
 
-@router.get("/ready", responses={503: {"description": "a dependency is unreachable"}})
+_READY_DOC: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ReadyOut,
+        "description": "A dependency is unreachable",
+        "content": {"application/json": {"example": _UNAVAILABLE}},
+    }
+}
+
+
+@router.get("/ready", response_model=ReadyOut, summary="Readiness", responses=_READY_DOC)
 async def ready(request: Request) -> Any:
     """The database answers and the MQTT broker accepts connections (within 2 s each)."""
     checks: dict[str, str] = {}

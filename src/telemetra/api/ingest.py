@@ -12,16 +12,25 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, Header, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
 
+from telemetra.api import errors
 from telemetra.api.errors import ApiError
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Inbox, Message, Outcome, Pipeline
 from telemetra.store import catalog
 
-router = APIRouter(tags=["ingest"])
+router = APIRouter(
+    tags=["ingest"],
+    responses=errors.responses(
+        401, 413, 422, 429, 503,
+        messages={401: "unknown or disabled device token",
+                  429: "too many requests for this device; at most 20/s (bursts of 60)"},
+    ),
+)  # fmt: skip
 HTTP_BATCH_WAIT_S = 0.005  # requests are interactive: do not wait long for a batch to fill
+_TOKEN = "hMFZF4jt5k0IlwFGLaX75UnejoIOiRS9LolsWRiDFtg"  # noqa: S105 - an example for /docs
 
 
 class HttpIngest:
@@ -60,21 +69,57 @@ class HttpIngest:
         return [await message.handle for message in messages]
 
 
+_REJECTED: dict[str, Any] = {
+    "index": 1,
+    "reason": "out_of_range",
+    "metric": "temperature",
+    "detail": "6000 outside the valid range [-90, 200] °C",
+}
+
+
 class Rejected(BaseModel):
+    """A message, an entry of it or one value of it that was not stored (see /deadletters)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_REJECTED]})
+
     index: int | None = Field(description="entry of the message (array payloads)")
     reason: str = Field(examples=["out_of_range"])
-    metric: str | None = None
+    metric: str | None = Field(None, description="the metric, when one value was rejected")
     detail: str
 
 
 class IngestResult(BaseModel):
+    """What became of one message."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"accepted": 2, "rejected": [_REJECTED], "event_ids": []},
+                {"accepted": 1, "rejected": [], "event_ids": ["e-1"]},
+            ]
+        }
+    )
+
     accepted: int = Field(description="readings stored (or already stored: redelivery)")
     rejected: list[Rejected]
-    event_ids: list[str]
+    event_ids: list[str] = Field(description="the event_id of each entry that carried one")
 
 
 class BatchResult(BaseModel):
-    results: list[IngestResult]
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "results": [
+                        {"accepted": 1, "rejected": [], "event_ids": []},
+                        {"accepted": 1, "rejected": [_REJECTED | {"index": None}], "event_ids": []},
+                    ]
+                }
+            ]
+        }
+    )
+
+    results: list[IngestResult] = Field(description="one per message, in request order")
 
 
 def _result(outcome: Outcome) -> IngestResult:
@@ -119,8 +164,20 @@ async def _device_by_token(request: Request, token: str | None) -> str:
 
 async def authenticated_device(
     request: Request,
-    x_api_key: Annotated[str | None, Header()] = None,
-    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[
+        str | None,
+        Header(
+            description="the device token (from device creation or rotation)",
+            examples=[_TOKEN],
+        ),
+    ] = None,
+    authorization: Annotated[
+        str | None,
+        Header(
+            description="`Bearer <device token>`, instead of X-API-Key",
+            examples=[f"Bearer {_TOKEN}"],
+        ),
+    ] = None,
 ) -> str:
     """The uid of the device whose token the request carries."""
     token = x_api_key
@@ -153,7 +210,9 @@ _PAYLOAD_DOC = {
 }  # fmt: skip
 
 
-@router.post("/ingest", response_model=IngestResult, openapi_extra=_PAYLOAD_DOC)
+@router.post(
+    "/ingest", response_model=IngestResult, summary="Send telemetry", openapi_extra=_PAYLOAD_DOC
+)
 async def ingest(request: Request, uid: Annotated[str, Depends(authenticated_device)]) -> Any:
     """Telemetry of the authenticated device: one object or an array (native format)."""
     [outcome] = await request.app.state.http_ingest.submit([_message(uid, await _body(request))])
@@ -176,7 +235,13 @@ _BATCH_DOC = {
 }
 
 
-@router.post("/ingest/batch", response_model=BatchResult, openapi_extra=_BATCH_DOC)
+@router.post(
+    "/ingest/batch",
+    response_model=BatchResult,
+    summary="Send several messages",
+    openapi_extra=_BATCH_DOC,
+    responses=errors.responses(400),
+)
 async def ingest_batch(request: Request, uid: Annotated[str, Depends(authenticated_device)]) -> Any:
     """Several messages of the authenticated device: a JSON array, one message per element."""
     body = await _body(request)
@@ -197,7 +262,13 @@ async def ingest_batch(request: Request, uid: Annotated[str, Depends(authenticat
     summary="ThingsBoard-compatible device telemetry",
     openapi_extra=_PAYLOAD_DOC,
 )
-async def thingsboard_telemetry(request: Request, device_token: str) -> Any:
+async def thingsboard_telemetry(
+    request: Request,
+    device_token: Annotated[
+        str,
+        Path(description="the device token", examples=[_TOKEN]),
+    ],
+) -> Any:
     """ThingsBoard's HTTP device API: the token is part of the path."""
     uid = await _device_by_token(request, device_token)
     [outcome] = await request.app.state.http_ingest.submit([_message(uid, await _body(request))])

@@ -16,12 +16,13 @@ from datetime import time as wall_time
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from telemetra.api import errors
 from telemetra.api.auth import Caller, role
 from telemetra.api.devices import scope, visible_device
 from telemetra.api.errors import ApiError
@@ -30,7 +31,8 @@ from telemetra.store import query, schema
 from telemetra.store.query import Bucket, HistoryRow, LatestValue, Source
 from telemetra.store.schema import ROLLUPS
 
-router = APIRouter(tags=["telemetry"])
+router = APIRouter(tags=["telemetry"], responses=errors.responses(422, 429))
+NO_DEVICE = errors.responses(404, messages={404: "no device 'greenhouse-9'"})
 
 US = 1_000_000
 _UNITS_US = {"s": US, "m": 60 * US, "h": 3600 * US, "d": 86_400 * US, "w": 7 * 86_400 * US}
@@ -89,7 +91,31 @@ class ReadingOut(BaseModel):
     received_at: str = Field(examples=["2026-11-22T10:00:01.250000Z"])
 
 
+_READING: dict[str, Any] = {
+    "metric": "temperature",
+    "ts": "2026-11-22T10:00:00Z",
+    "value": 21.5,
+    "text": None,
+    "flags": 0,
+    "received_at": "2026-11-22T10:00:01.250000Z",
+}
+
+
 class HistoryOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        _READING,
+                        {**_READING, "metric": "door", "value": None, "text": "open"},
+                    ],
+                    "next_cursor": "aDE6MTc5NTM0MTYwMDAwMDAwMDoxOmE",
+                }
+            ]
+        }
+    )
+
     items: list[ReadingOut]
     next_cursor: str | None = Field(
         description="pass as `cursor` for the next page; null: no more", examples=[None]
@@ -114,12 +140,49 @@ class PointOut(BaseModel):
     last: float | None = Field(None, examples=[21.8])
 
 
+_POINTS: list[Any] = [
+    {"ts": "2026-11-22T10:00:00Z", "local": "2026-11-22T11:00:00+01:00",
+     "avg": 21.4, "min": 20.9, "max": 22.0, "count": 60},
+    {"ts": "2026-11-22T11:00:00Z", "local": "2026-11-22T12:00:00+01:00",
+     "avg": 21.9, "min": 21.2, "max": 22.6, "count": 60},
+]  # fmt: skip
+
+
 class SeriesOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"metric": "temperature", "points": _POINTS}]}
+    )
+
     metric: str = Field(examples=["temperature"])
     points: list[PointOut] = Field(description="buckets with data, oldest first")
 
 
 class AggregateOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "bucket": "1h",
+                    "bucket_s": 3600,
+                    "tz": "Europe/Berlin",
+                    "source": "rollup_1h",
+                    "series": [{"metric": "temperature", "points": _POINTS}],
+                },
+                {
+                    "bucket": "1d",
+                    "bucket_s": 86400,
+                    "source": "rollup_1h",
+                    "series": [
+                        {
+                            "metric": "energy",
+                            "points": [{"ts": "2026-11-22T00:00:00Z", "sum": 18.4, "last": 1204.7}],
+                        }
+                    ],
+                },
+            ]
+        }
+    )
+
     bucket: str = Field(
         description="the bucket used (the one chosen for bucket=auto): 30s, 5m, 1h, 1d, 1w, 1M …",
         examples=["1h"],
@@ -156,6 +219,21 @@ class LatestOut(BaseModel):
 
 
 class LatestList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {**_READING, "device": "greenhouse-1", "metric": "humidity",
+                         "value": 40.0},
+                        {**_READING, "device": "greenhouse-1"},
+                        {**_READING, "device": "greenhouse-2", "value": 19.0, "flags": 4},
+                    ]
+                }
+            ]
+        }
+    )  # fmt: skip
+
     items: list[LatestOut] = Field(description="by device, then metric")
 
 
@@ -190,6 +268,28 @@ class DeadLetterOut(BaseModel):
 
 
 class DeadLetterPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"id": 42, "device": "gh-1", "source": "mqtt",
+                         "topic": "devices/gh-1/telemetry", "reason": "out_of_range",
+                         "detail": "6000 outside the valid range [-90, 200] °C", "index": 1,
+                         "payload": '[{"temperature": 21.5}, {"temperature": 6000}]',
+                         "payload_size": 46, "received_at": "2026-11-22T10:00:01Z"},
+                        {"id": 41, "device": "gh-1", "source": "mqtt",
+                         "topic": "devices/gh-1/telemetry", "reason": "invalid_json",
+                         "detail": "invalid JSON: Expecting value at line 1 column 17 (char 16)",
+                         "index": None, "payload": '{"temperature": }', "payload_size": 17,
+                         "received_at": "2026-11-22T09:59:00Z"},
+                    ],
+                    "next_cursor": "ZDE6NDE",
+                }
+            ]
+        }
+    )  # fmt: skip
+
     items: list[DeadLetterOut]
     next_cursor: str | None = Field(examples=[None])
 
@@ -556,7 +656,17 @@ def _cursor_error(error: ValueError) -> ApiError:
 
 
 MetricParam = Annotated[
-    list[str] | None, Query(description="metric name; repeat for several (default: all)")
+    list[str] | None,
+    Query(
+        description="metric name; repeat for several (default: all)",
+        examples=[["temperature", "humidity"]],
+    ),
+]
+UidParam = Annotated[str, Path(description="the device's uid", examples=["greenhouse-1"])]
+LimitParam = Annotated[int, Query(ge=1, le=1000, description="items per page")]
+CursorParam = Annotated[
+    str | None,
+    Query(description="next_cursor of the previous page, unchanged (absent: the first page)"),
 ]
 FromParam = Annotated[
     str | None,
@@ -569,23 +679,32 @@ FromParam = Annotated[
 ]
 ToParam = Annotated[
     str | None,
-    Query(alias="to", description="end (exclusive), same forms as from; default now"),
+    Query(
+        alias="to",
+        description="end (exclusive), same forms as from; default now",
+        examples=["now"],
+    ),
 ]
 
 
 # --- endpoints --------------------------------------------------------------------------------
 
 
-@router.get("/devices/{uid}/telemetry", response_model=HistoryOut)
+@router.get(
+    "/devices/{uid}/telemetry",
+    response_model=HistoryOut,
+    summary="Raw readings of a device",
+    responses=NO_DEVICE,
+)
 async def device_history(
     request: Request,
-    uid: str,
+    uid: UidParam,
     caller: Annotated[Caller, role("viewer")],
     metric: MetricParam = None,
     start: FromParam = None,
     end: ToParam = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="readings per page")] = 1000,
+    cursor: CursorParam = None,
     order: Annotated[Literal["asc", "desc"], Query(description="by event time")] = "asc",
 ) -> HistoryOut:
     """Raw readings of a device in [from, to), by event time, with cursor pagination."""
@@ -603,23 +722,51 @@ async def device_history(
 
 
 @router.get(
-    "/devices/{uid}/aggregate", response_model=AggregateOut, response_model_exclude_none=True
+    "/devices/{uid}/aggregate",
+    response_model=AggregateOut,
+    response_model_exclude_none=True,
+    summary="Aggregates of a device per time bucket",
+    responses=NO_DEVICE,
 )
 async def device_aggregate(
     request: Request,
-    uid: str,
+    uid: UidParam,
     caller: Annotated[Caller, role("viewer")],
-    metric: Annotated[list[str], Query(min_length=1, description="metric name; repeatable")],
+    metric: Annotated[
+        list[str],
+        Query(
+            min_length=1,
+            description="metric name; repeatable",
+            examples=[["temperature", "humidity"]],
+        ),
+    ],
     start: FromParam = None,
     end: ToParam = None,
     bucket: Annotated[
-        str, Query(description="width: 30s, 5m, 1h, 1d, 7d …, or auto", examples=["1h"])
+        str,
+        Query(
+            description="width: a whole number with s, m, h, d, w or M (30s, 5m, 1h, 1d, 1w, 1M, "
+            "3M …), or auto (the smallest nice width giving at most max_points buckets)",
+            examples=["1h"],
+        ),
     ] = "auto",
     max_points: Annotated[
-        int, Query(ge=1, le=MAX_BUCKETS, description="for bucket=auto: buckets per series at most")
+        int,
+        Query(
+            ge=1,
+            le=MAX_BUCKETS,
+            description="for bucket=auto: buckets per series at most (a chart's width in pixels "
+            "is a good choice)",
+            examples=[500],
+        ),
     ] = 1000,
     fn: Annotated[
-        list[AggFn] | None, Query(description="avg, min, max, count, sum, first, last; repeatable")
+        list[AggFn] | None,
+        Query(
+            description="avg, min, max, count, sum, first, last; repeatable (default: avg, min, "
+            "max, count)",
+            examples=[["avg", "max"]],
+        ),
     ] = None,
     tz: Annotated[
         str | None,
@@ -692,10 +839,15 @@ async def device_aggregate(
     )
 
 
-@router.get("/devices/{uid}/latest", response_model=LatestList)
+@router.get(
+    "/devices/{uid}/latest",
+    response_model=LatestList,
+    summary="Latest values of a device",
+    responses=NO_DEVICE,
+)
 async def device_latest(
     request: Request,
-    uid: str,
+    uid: UidParam,
     caller: Annotated[Caller, role("viewer")],
     metric: MetricParam = None,
 ) -> LatestList:
@@ -706,13 +858,16 @@ async def device_latest(
     return LatestList(items=[_latest(r) for r in rows])
 
 
-@router.get("/telemetry/latest", response_model=LatestList)
+@router.get("/telemetry/latest", response_model=LatestList, summary="Latest values of devices")
 async def many_latest(
     request: Request,
     caller: Annotated[Caller, role("viewer")],
     device: Annotated[
         list[str] | None,
-        Query(description="device uid; repeatable (default: all); unknown ones are absent"),
+        Query(
+            description="device uid; repeatable (default: all); unknown ones are absent",
+            examples=[["greenhouse-1", "greenhouse-2"]],
+        ),
     ] = None,
     metric: MetricParam = None,
 ) -> LatestList:
@@ -731,9 +886,14 @@ async def many_latest(
     return LatestList(items=[_latest(r) for r in rows])
 
 
-@router.get("/devices/{uid}/quality", response_model=QualityOut)
+@router.get(
+    "/devices/{uid}/quality",
+    response_model=QualityOut,
+    summary="Data quality of a device",
+    responses=NO_DEVICE,
+)
 async def device_quality(
-    request: Request, uid: str, caller: Annotated[Caller, role("viewer")]
+    request: Request, uid: UidParam, caller: Annotated[Caller, role("viewer")]
 ) -> QualityOut:
     """A device's data quality: counters, rejections by reason, last seen, clock offset."""
     device = await visible_device(request, caller, uid)
@@ -750,14 +910,25 @@ async def device_quality(
     )
 
 
-@router.get("/deadletters", response_model=DeadLetterPage, tags=["quality"])
+@router.get(
+    "/deadletters", response_model=DeadLetterPage, tags=["quality"], summary="List dead letters"
+)
 async def list_dead_letters(
     request: Request,
     caller: Annotated[Caller, role("viewer")],
-    device: Annotated[str | None, Query(description="device uid")] = None,
-    reason: Annotated[str | None, Query(examples=["out_of_range"])] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    device: Annotated[
+        str | None, Query(description="device uid", examples=["greenhouse-1"])
+    ] = None,
+    reason: Annotated[
+        str | None,
+        Query(
+            description="rejection reason: invalid_json, bad_shape, out_of_range, "
+            "future_timestamp, unknown_device, conflict …",
+            examples=["out_of_range"],
+        ),
+    ] = None,
+    limit: LimitParam = 100,
+    cursor: CursorParam = None,
 ) -> DeadLetterPage:
     """Rejected messages and values of the caller's tenant with reason and payload, newest first."""
     async with request.app.state.engine.connect() as conn:
@@ -841,18 +1012,19 @@ class _Drain:
         return data
 
 
+_NO_PYARROW = (
+    "Parquet export needs pyarrow on the server (pip install 'telemetra[parquet]'); "
+    "use format=csv meanwhile"
+)
+
+
 def _pyarrow() -> tuple[Any, Any]:
     """The pyarrow and pyarrow.parquet modules; ApiError(501) if pyarrow is not installed."""
     try:
         import pyarrow  # type: ignore[import-not-found, unused-ignore]
         import pyarrow.parquet  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        raise ApiError(
-            501,
-            "Parquet export needs pyarrow on the server (pip install 'telemetra[parquet]'); "
-            "use format=csv meanwhile",
-            code="not_implemented",
-        ) from None
+        raise ApiError(501, _NO_PYARROW, code="not_implemented") from None
     return pyarrow, pyarrow.parquet
 
 
@@ -917,10 +1089,15 @@ async def _parquet_chunks(
             writer.close()  # the client went away: release the writer
 
 
-@router.get("/devices/{uid}/export", response_class=StreamingResponse, responses=_EXPORT_DOC)
+@router.get(
+    "/devices/{uid}/export",
+    response_class=StreamingResponse,
+    summary="Export raw readings of a device (CSV or Parquet)",
+    responses={**_EXPORT_DOC, **NO_DEVICE, **errors.responses(501, messages={501: _NO_PYARROW})},
+)
 async def export_device(
     request: Request,
-    uid: str,
+    uid: UidParam,
     caller: Annotated[Caller, role("viewer")],
     format: Annotated[
         Literal["csv", "parquet"],
