@@ -553,74 +553,52 @@ def _grouped_spans(
     sp = spans.c
     # The whole chunk's range, so that the table is read by its primary key whatever the plan.
     lo_all, hi_all = min(lo for _, lo, _ in chunk), max(hi for _, _, hi in chunk)
+    # The same six measures from raw values or from rollup rows.
     if source == "raw":
-        r = readings.c
-        inner = (
-            select(
-                sp.k, sp.lo, sp.hi, r.metric_id,
-                func.count(r.value).label("n"),
-                func.sum(r.value).label("total"),
-                func.min(r.value).label("lo_v"),
-                func.max(r.value).label("hi_v"),
-                func.min(r.ts).label("first_ts"),
-                func.max(r.ts).label("last_ts"),
-            )
-            .select_from(spans.join(readings, and_(r.ts >= sp.lo, r.ts < sp.hi)))
-            .where(
-                r.tenant_id == tenant_id,
-                r.device_id == device_id,
-                r.metric_id.in_(metric_ids),
-                r.ts >= lo_all,
-                r.ts < hi_all,
-                r.value.is_not(None),
-            )
-            .group_by(sp.k, sp.lo, sp.hi, r.metric_id)
-            .subquery()
-        )  # fmt: skip
+        table, v = readings, readings.c.value
+        at = table.c.ts
+        measures: list[Any] = [func.count(v), func.sum(v), func.min(v), func.max(v)]
+        measures += [func.min(at), func.max(at)]
+        only = [v.is_not(None)]
     else:
         _, table = _rollup_width(source)
         t = table.c
-        inner = (
-            select(
-                sp.k, sp.lo, sp.hi, t.metric_id,
-                cast(func.sum(t.count), BigInteger).label("n"),
-                func.sum(t.sum).label("total"),
-                func.min(t.min).label("lo_v"),
-                func.max(t.max).label("hi_v"),
-                func.min(t.first_ts).label("first_ts"),
-                func.max(t.last_ts).label("last_ts"),
-            )
-            .select_from(spans.join(table, and_(t.bucket >= sp.lo, t.bucket < sp.hi)))
-            .where(
-                t.tenant_id == tenant_id,
-                t.device_id == device_id,
-                t.metric_id.in_(metric_ids),
-                t.bucket >= lo_all,
-                t.bucket < hi_all,
-            )
-            .group_by(sp.k, sp.lo, sp.hi, t.metric_id)
-            .subquery()
-        )  # fmt: skip
+        at = t.bucket
+        measures = [
+            cast(func.sum(t.count), BigInteger), func.sum(t.sum), func.min(t.min),
+            func.max(t.max), func.min(t.first_ts), func.max(t.last_ts),
+        ]  # fmt: skip
+        only = []
+    c = table.c
+    labels = ("n", "total", "lo_v", "hi_v", "first_ts", "last_ts")
+    inner = (
+        select(sp.k, sp.lo, sp.hi, c.metric_id,
+               *(measure.label(label) for measure, label in zip(measures, labels, strict=True)))
+        .select_from(spans.join(table, and_(at >= sp.lo, at < sp.hi)))
+        .where(
+            c.tenant_id == tenant_id, c.device_id == device_id, c.metric_id.in_(metric_ids),
+            at >= lo_all, at < hi_all, *only,
+        )
+        .group_by(sp.k, sp.lo, sp.hi, c.metric_id)
+        .subquery()
+    )  # fmt: skip
     g = inner.c
     columns: list[Any] = [g.k, g.metric_id, g.n, g.total, g.lo_v, g.hi_v, g.first_ts, g.last_ts]
     for wanted, ts, label in ((first, g.first_ts, "first_value"), (last, g.last_ts, "last_value")):
         if not wanted:
             continue
         if source == "raw":
-            r = readings.c
-            value = select(func.min(r.value)).where(
-                r.device_id == device_id, r.metric_id == g.metric_id, r.ts == ts
+            value = select(func.min(c.value)).where(
+                c.device_id == device_id, c.metric_id == g.metric_id, c.ts == ts
             )
         else:
-            _, table = _rollup_width(source)
-            t = table.c
             is_first = label == "first_value"
-            value = select(func.min(t.first_value if is_first else t.last_value)).where(
-                t.device_id == device_id,
-                t.metric_id == g.metric_id,
-                t.bucket >= g.lo,
-                t.bucket < g.hi,
-                (t.first_ts if is_first else t.last_ts) == ts,
+            value = select(func.min(c.first_value if is_first else c.last_value)).where(
+                c.device_id == device_id,
+                c.metric_id == g.metric_id,
+                c.bucket >= g.lo,
+                c.bucket < g.hi,
+                (c.first_ts if is_first else c.last_ts) == ts,
             )
         columns.append(value.scalar_subquery().label(label))
     return select(*columns)
