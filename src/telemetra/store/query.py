@@ -283,6 +283,30 @@ def _rollup_width(source: Source) -> tuple[int, Table]:
     raise AssertionError(f"no rollup table {source}")
 
 
+def _source(source: Source) -> tuple[Table, Any, list[Any]]:
+    """The table of ``source``, its time column, and the filter its values need."""
+    if source == "raw":
+        return readings, readings.c.ts, [readings.c.value.is_not(None)]
+    _, table = _rollup_width(source)
+    return table, table.c.bucket, []
+
+
+def _measures(source: Source, c: Any, labels: Sequence[str]) -> list[Any]:
+    """Count, sum, min, max and the first/last timestamps from raw values or rollup rows
+    (columns ``c``), labelled ``labels``."""
+    if source == "raw":
+        v, ts = c.value, c.ts
+        measures: list[Any] = [func.count(v), func.sum(v), func.min(v), func.max(v)]
+        measures += [func.min(ts), func.max(ts)]
+    else:
+        # SUM(bigint) is numeric on PostgreSQL: bring it back to an integer.
+        measures = [
+            cast(func.sum(c.count), BigInteger), func.sum(c.sum), func.min(c.min),
+            func.max(c.max), func.min(c.first_ts), func.max(c.last_ts),
+        ]  # fmt: skip
+    return [m.label(label) for m, label in zip(measures, labels, strict=True)]
+
+
 def _grouped(
     source: Source,
     tenant_id: int,
@@ -293,71 +317,25 @@ def _grouped(
     bucket_us: int,
 ) -> Select[Any]:
     """Per (metric, bucket): count, sum, min, max and the first/last timestamps."""
-    if source == "raw":
-        r = readings.c
-        inner = (
-            select(
-                r.metric_id,
-                (r.ts - r.ts % bucket_us).label("b"),
-                r.ts,
-                r.value,
-            )
-            .where(
-                r.tenant_id == tenant_id,
-                r.device_id == device_id,
-                r.metric_id.in_(metric_ids),
-                r.ts >= start,
-                r.ts < end,
-                r.value.is_not(None),
-            )
-            .subquery()
-        )
-        return select(
-            inner.c.metric_id,
-            inner.c.b,
-            func.count(inner.c.value).label("n"),
-            func.sum(inner.c.value).label("total"),
-            func.min(inner.c.value).label("lo"),
-            func.max(inner.c.value).label("hi"),
-            func.min(inner.c.ts).label("first_ts"),
-            func.max(inner.c.ts).label("last_ts"),
-        ).group_by(inner.c.metric_id, inner.c.b)
-
-    _, table = _rollup_width(source)
+    table, at, only = _source(source)
     t = table.c
+    kept = [t.ts, t.value] if source == "raw" else [t.count, t.sum, t.min, t.max, t.first_ts]
+    if source != "raw":
+        kept.append(t.last_ts)
     # A subquery, so that GROUP BY names a column rather than repeating an expression with its
     # own bind parameter (PostgreSQL would not match the two).
     inner = (
-        select(
-            t.metric_id,
-            (t.bucket - t.bucket % bucket_us).label("b"),
-            t.count,
-            t.sum,
-            t.min,
-            t.max,
-            t.first_ts,
-            t.last_ts,
-        )
+        select(t.metric_id, (at - at % bucket_us).label("b"), *kept)
         .where(
-            t.tenant_id == tenant_id,
-            t.device_id == device_id,
-            t.metric_id.in_(metric_ids),
-            t.bucket >= start,
-            t.bucket < end,
+            t.tenant_id == tenant_id, t.device_id == device_id, t.metric_id.in_(metric_ids),
+            at >= start, at < end, *only,
         )
         .subquery()
+    )  # fmt: skip
+    labels = ("n", "total", "lo", "hi", "first_ts", "last_ts")
+    return select(inner.c.metric_id, inner.c.b, *_measures(source, inner.c, labels)).group_by(
+        inner.c.metric_id, inner.c.b
     )
-    return select(
-        inner.c.metric_id,
-        inner.c.b,
-        # SUM(bigint) is numeric on PostgreSQL: bring it back to an integer.
-        cast(func.sum(inner.c.count), BigInteger).label("n"),
-        func.sum(inner.c.sum).label("total"),
-        func.min(inner.c.min).label("lo"),
-        func.max(inner.c.max).label("hi"),
-        func.min(inner.c.first_ts).label("first_ts"),
-        func.max(inner.c.last_ts).label("last_ts"),
-    ).group_by(inner.c.metric_id, inner.c.b)
 
 
 def _edge_value(
@@ -553,27 +531,11 @@ def _grouped_spans(
     sp = spans.c
     # The whole chunk's range, so that the table is read by its primary key whatever the plan.
     lo_all, hi_all = min(lo for _, lo, _ in chunk), max(hi for _, _, hi in chunk)
-    # The same six measures from raw values or from rollup rows.
-    if source == "raw":
-        table, v = readings, readings.c.value
-        at = table.c.ts
-        measures: list[Any] = [func.count(v), func.sum(v), func.min(v), func.max(v)]
-        measures += [func.min(at), func.max(at)]
-        only = [v.is_not(None)]
-    else:
-        _, table = _rollup_width(source)
-        t = table.c
-        at = t.bucket
-        measures = [
-            cast(func.sum(t.count), BigInteger), func.sum(t.sum), func.min(t.min),
-            func.max(t.max), func.min(t.first_ts), func.max(t.last_ts),
-        ]  # fmt: skip
-        only = []
+    table, at, only = _source(source)
     c = table.c
     labels = ("n", "total", "lo_v", "hi_v", "first_ts", "last_ts")
     inner = (
-        select(sp.k, sp.lo, sp.hi, c.metric_id,
-               *(measure.label(label) for measure, label in zip(measures, labels, strict=True)))
+        select(sp.k, sp.lo, sp.hi, c.metric_id, *_measures(source, c, labels))
         .select_from(spans.join(table, and_(at >= sp.lo, at < sp.hi)))
         .where(
             c.tenant_id == tenant_id, c.device_id == device_id, c.metric_id.in_(metric_ids),
