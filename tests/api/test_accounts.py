@@ -96,6 +96,74 @@ async def test_tenants(world: World, client: httpx.AsyncClient, admin: Headers) 
     assert_error(await c.get("/api/v1/tenants"), 401, "unauthorized")
 
 
+async def test_get_edit_and_delete_tenants(
+    world: World, client: httpx.AsyncClient, admin: Headers
+) -> None:
+    c, tag = client, tag_of(world)
+    me = (await c.get("/api/v1/auth/me", headers=world.auth("a-owner"))).json()
+    mine = f"/api/v1/tenants/{me['tenant_id']}"
+    assert (await c.get(mine, headers=world.auth("a-viewer"))).json()["name"] == world.tenant_a
+    assert (await c.get(mine, headers=admin)).json()["name"] == world.tenant_a
+
+    # The owner sets the time zone; renaming is for admins, whose names stay unique.
+    zoned = await c.patch(mine, json={"timezone": "Asia/Tokyo"}, headers=world.auth("a-owner"))
+    assert zoned.status_code == 200 and zoned.json()["timezone"] == "Asia/Tokyo"
+    for body, status, code in (
+        ({"name": f"renamed-{tag}"}, 403, "forbidden"),
+        ({"timezone": "Mars/Base"}, 422, "invalid_request"),
+        ({"id": 1}, 422, "invalid_request"),
+    ):
+        assert_error(await c.patch(mine, json=body, headers=world.auth("a-owner")), status, code)
+    assert_error(
+        await c.patch(mine, json={"timezone": None}, headers=world.auth("a-operator")),
+        403,
+        "forbidden",
+    )
+    taken = await c.patch(mine, json={"name": world.tenant_b}, headers=admin)
+    assert_error(taken, 409, "conflict")
+    renamed = await c.patch(mine, json={"name": f"{world.tenant_a}-x"}, headers=admin)
+    assert renamed.json()["name"] == f"{world.tenant_a}-x"
+    assert_error(await c.patch(mine, json={"name": None}, headers=admin), 422, "invalid_request")
+    default = (await c.get("/api/v1/auth/me", headers=admin)).json()["tenant_id"]
+    keeps = await c.patch(f"/api/v1/tenants/{default}", json={"name": "x"}, headers=admin)
+    assert_error(keeps, 409, "conflict")
+
+    # Deleting: admins only, never their own (the default) tenant; all of it goes.
+    assert_error(await c.delete(f"/api/v1/tenants/{default}", headers=admin), 409, "conflict")
+    assert_error(await c.delete(mine, headers=world.auth("a-owner")), 403, "forbidden")
+    made = await c.post(
+        "/api/v1/devices", json={"uid": f"gone-{tag}"}, headers=world.auth("a-operator")
+    )
+    token = made.json()["token"]
+    stored = await c.post("/api/v1/ingest", json={"t": 1}, headers={"X-API-Key": token})
+    assert stored.status_code == 200 and stored.json()["accepted"] == 1
+    assert (await c.delete(mine, headers=admin)).status_code == 204
+    assert_error(await c.get(mine, headers=admin), 404, "not_found")
+    assert_error(await c.get("/api/v1/auth/me", headers=world.auth("a-owner")), 401, "unauthorized")
+    gone = await c.post("/api/v1/ingest", json={"t": 2}, headers={"X-API-Key": token})
+    assert_error(gone, 401, "unauthorized")
+    assert (await c.get(f"/api/v1/devices/gone-{tag}", headers=admin)).status_code == 404
+    # The id is free again, and nothing of the old device comes back with it.
+    again = await c.post("/api/v1/devices", json={"uid": f"gone-{tag}"}, headers=admin)
+    assert again.status_code == 201
+    latest = await c.get(f"/api/v1/devices/gone-{tag}/latest", headers=admin)
+    assert latest.json()["items"] == []
+
+
+async def test_users_get_themselves_and_owners_their_tenant(
+    world: World, client: httpx.AsyncClient
+) -> None:
+    c = client
+    ids = {who: await user_id(c, world.auth(who)) for who in ("a-viewer", "a-owner", "b-owner")}
+    own = await c.get(f"/api/v1/users/{ids['a-viewer']}", headers=world.auth("a-viewer"))
+    assert own.status_code == 200 and own.json()["role"] == "viewer"
+    other = f"/api/v1/users/{ids['a-owner']}"
+    assert_error(await c.get(other, headers=world.auth("a-viewer")), 403, "forbidden")
+    assert (await c.get(other, headers=world.auth("a-owner"))).json()["role"] == "owner"
+    theirs = f"/api/v1/users/{ids['b-owner']}"
+    assert_error(await c.get(theirs, headers=world.auth("a-owner")), 404, "not_found")
+
+
 async def test_owner_manages_the_users_of_their_tenant(
     world: World, client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:

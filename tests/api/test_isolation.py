@@ -150,9 +150,10 @@ async def make_scene(world: World, engine: AsyncEngine) -> Scene:
             {username, *(f"a-{role}-{tag}" for role in ("owner", "operator", "viewer"))}
         ),
         target={"uid": uid, "user_id": str(user.json()["id"]), "tenant": tenant_a,
-                "username": username, "tag": tag},
+                "username": username, "tag": tag, "tenant_id": str(me.json()["tenant_id"])},
         missing={"uid": f"no-device-{tag}", "user_id": str(int(user.json()["id"]) + 1_000_000),
-                 "tenant": f"no-tenant-{tag}", "username": f"no-user-{tag}", "tag": tag},
+                 "tenant": f"no-tenant-{tag}", "username": f"no-user-{tag}", "tag": tag,
+                 "tenant_id": str(int(me.json()["tenant_id"]) + 1_000_000)},
     )  # fmt: skip
     scene.before = await snapshot(scene)
     assert len(scene.before["history"]["items"]) == 10
@@ -192,8 +193,9 @@ async def snapshot(scene: Scene) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Call:
-    """One request. ``{uid}``, ``{user_id}``, ``{tenant}``, ``{username}`` and ``{tag}`` in the
-    route, parameters and body are filled in with tenant a's values (or missing ones)."""
+    """One request. ``{uid}``, ``{user_id}``, ``{tenant}``, ``{tenant_id}``, ``{username}`` and
+    ``{tag}`` in the route, parameters and body are filled in with tenant a's values (or missing
+    ones)."""
 
     method: str
     route: str  # the OpenAPI path below /api/v1
@@ -227,6 +229,8 @@ CALLS = (
     Call("GET", "/devices/{uid}/export", "viewer", 404, {**SINCE, "format": "parquet"},
          note="parquet"),
     Call("GET", "/users", "owner", 404, {"tenant": "{tenant}"}, note="?tenant=a"),
+    Call("GET", "/users/{user_id}", "owner", 404),
+    Call("GET", "/tenants/{tenant_id}", "viewer", 404),
     # Lists: nothing of tenant a, filtered by its names or not.
     Call("GET", "/devices", "viewer", 200),
     Call("GET", "/devices", "viewer", 200, {"q": "{uid}"}, note="?q=uid"),
@@ -255,6 +259,11 @@ CALLS = (
     Call("PATCH", "/users/{user_id}", "owner", 404, body={"password": NEW_PASSWORD},
          note="password", writes=True),
     Call("DELETE", "/users/{user_id}", "owner", 404, writes=True),
+    Call("PATCH", "/tenants/{tenant_id}", "owner", 404, body={"timezone": "Asia/Tokyo"},
+         note="timezone", writes=True),
+    Call("PATCH", "/tenants/{tenant_id}", "owner", 404, body={"name": "taken over"},
+         note="name", writes=True),
+    Call("DELETE", "/tenants/{tenant_id}", "admin", 404, writes=True),
     Call("POST", "/users", "owner", 403,
          body={"username": "intruder-{tag}", "password": PASSWORD, "tenant": "{tenant}"},
          note="into tenant a", writes=True),
@@ -378,12 +387,13 @@ def test_the_role_cases_cover_every_change() -> None:
     assert operator == {
         (m, f"{API}{p}")
         for m, p in (
-            ("GET", "/users"), ("POST", "/users"), ("PATCH", "/users/{user_id}"),
-            ("DELETE", "/users/{user_id}"), ("POST", "/tenants"),
+            ("GET", "/users"), ("GET", "/users/{user_id}"), ("POST", "/users"),
+            ("PATCH", "/users/{user_id}"), ("DELETE", "/users/{user_id}"), ("POST", "/tenants"),
+            ("PATCH", "/tenants/{tenant_id}"), ("DELETE", "/tenants/{tenant_id}"),
         )
     }  # fmt: skip
     owner = {c.operation for who, c in _denied_in_tenant_a() if who == "a-owner"}
-    assert owner == {("POST", f"{API}/tenants")}
+    assert owner == {("POST", f"{API}/tenants"), ("DELETE", f"{API}/tenants/{{tenant_id}}")}
 
 
 @pytest.mark.parametrize("call", [c for c in CALLS if c.method == "GET"], ids=lambda c: c.name)

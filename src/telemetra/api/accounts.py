@@ -103,6 +103,22 @@ class TenantPage(BaseModel):
     next_offset: int | None = Field(description="pass as offset for the next page; null: last")
 
 
+class TenantPatch(BaseModel):
+    """Changes to a tenant: its name (admins) and time zone (its owner, admins)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"timezone": "Europe/Vienna"}]}
+    )
+
+    name: str | None = Field(None, min_length=1, max_length=100, examples=["acme-labs"])
+    timezone: str | None = Field(
+        None, examples=["Europe/Vienna"], description="IANA name; null: the installation default"
+    )
+
+    _check_name = field_validator("name")(lambda v: None if v is None else _clean_name(v))
+    _check_zone = field_validator("timezone")(_zone)
+
+
 def _password(*default: None) -> Any:
     return Field(
         *default,
@@ -215,6 +231,7 @@ Offset = Annotated[
     int, Query(ge=0, le=MAX_INT64, description="items to skip: next_offset of the previous page")
 ]
 UserId = Annotated[int, Path(ge=1, le=MAX_INT64, description="user id", examples=[7])]
+TenantId = Annotated[int, Path(ge=1, le=MAX_INT64, description="tenant id", examples=[2])]
 
 
 # --- tenants ---
@@ -259,6 +276,91 @@ async def create_tenant(
     except (ValueError, IntegrityError):
         raise ApiError(409, f"tenant {body.name!r} already exists") from None
     return _tenant(row)
+
+
+async def _visible_tenant(request: Request, caller: Caller, tenant_id: int) -> Any:
+    async with request.app.state.engine.connect() as conn:
+        row = await catalog.get_tenant(conn, tenant_id)
+    # Another tenant answers exactly like a missing one.
+    if row is None or (caller.role != "admin" and tenant_id != caller.tenant_id):
+        raise ApiError(404, f"no tenant {tenant_id}")
+    return row
+
+
+@router.get(
+    "/tenants/{tenant_id}",
+    response_model=TenantOut,
+    summary="Get a tenant",
+    responses=errors.responses(404, messages={404: "no tenant 2"}),
+)
+async def get_tenant(
+    request: Request, tenant_id: TenantId, caller: Annotated[Caller, role("viewer")]
+) -> TenantOut:
+    """One tenant: the caller's own, or any for platform admins."""
+    return _tenant(await _visible_tenant(request, caller, tenant_id))
+
+
+@router.patch(
+    "/tenants/{tenant_id}",
+    response_model=TenantOut,
+    summary="Edit a tenant",
+    responses=errors.responses(
+        403, 404, 409, messages={403: "only platform admins rename tenants", 404: "no tenant 2",
+                                 409: "tenant 'acme' already exists"}
+    ),
+)  # fmt: skip
+async def edit_tenant(
+    request: Request,
+    tenant_id: TenantId,
+    body: TenantPatch,
+    caller: Annotated[Caller, role("owner")],
+) -> TenantOut:
+    """Change a tenant's time zone (its owner, admins) or name (admins). The time zone is how
+    naive device timestamps are read unless the device has its own."""
+    await _visible_tenant(request, caller, tenant_id)
+    changes = body.model_dump(exclude_unset=True)
+    if "name" in changes and caller.role != "admin":
+        raise ApiError(403, "only platform admins rename tenants")
+    if changes.get("name", "") is None:
+        raise ApiError(422, "name may be left out, but not null")
+    try:
+        async with request.app.state.engine.begin() as conn:
+            await catalog.update_tenant(conn, tenant_id, changes)
+            row = await catalog.get_tenant(conn, tenant_id)
+    except ValueError as error:
+        raise ApiError(409, str(error)) from None
+    except IntegrityError:  # renamed concurrently to the same name
+        raise ApiError(409, f"tenant {changes.get('name')!r} already exists") from None
+    return _tenant(row)
+
+
+@router.delete(
+    "/tenants/{tenant_id}",
+    status_code=204,
+    summary="Delete a tenant and all it holds",
+    responses=errors.responses(
+        403, 404, 409, messages={403: "this needs the admin role or higher", 404: "no tenant 2",
+                                 409: "you cannot delete your own tenant"}
+    ),
+)  # fmt: skip
+async def delete_tenant(
+    request: Request, tenant_id: TenantId, caller: Annotated[Caller, role("admin")]
+) -> None:
+    """Delete a tenant with its devices and their data, users, rules and dead letters (platform
+    admins; not their own tenant, not the default one). Its devices lose their broker logins
+    and certificates at once when Telemetra manages the broker's files."""
+    from telemetra.api.devices import sync_broker
+
+    await _visible_tenant(request, caller, tenant_id)
+    if tenant_id == caller.tenant_id:
+        raise ApiError(409, "you cannot delete your own tenant")
+    try:
+        async with request.app.state.engine.begin() as conn:
+            devices = await catalog.delete_tenant(conn, tenant_id)
+    except ValueError as error:
+        raise ApiError(409, str(error)) from None
+    if devices:
+        await sync_broker(request)
 
 
 # --- users ---
@@ -361,6 +463,23 @@ async def create_user(
             raise ApiError(409, NAME_TAKEN) from None
         raise ApiError(422, str(error)) from None
     return _user(row)
+
+
+@router.get(
+    "/users/{user_id}",
+    response_model=UserOut,
+    summary="Get a user",
+    responses=errors.responses(
+        403, 404, messages={403: "this needs the owner role or higher", 404: "no user 7"}
+    ),
+)  # fmt: skip
+async def get_user(
+    request: Request, user_id: UserId, caller: Annotated[Caller, role("viewer")]
+) -> UserOut:
+    """One user: yourself, any of your tenant's (owners), anyone (admins)."""
+    if user_id != caller.user_id and not caller.at_least("owner"):
+        raise ApiError(403, "this needs the owner role or higher")
+    return _user(await _visible_user(request, caller, user_id))
 
 
 @router.patch(

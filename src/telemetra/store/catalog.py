@@ -19,6 +19,7 @@ from telemetra.credentials import mosquitto_hash, new_token, token_hash
 from telemetra.model import Device, valid_device_uid
 from telemetra.store.schema import (
     DEFAULT_TENANT,
+    dead_letters,
     device_certificates,
     device_quality,
     devices,
@@ -151,6 +152,50 @@ async def create_tenant(conn: AsyncConnection, name: str, timezone: str | None =
         .returning(tenants.c.id)
     )
     return int(result.scalar_one())
+
+
+async def update_tenant(conn: AsyncConnection, tenant_id: int, changes: dict[str, Any]) -> None:
+    """Rename a tenant or change its time zone; ValueError when the new name is taken, or when
+    the default tenant would be renamed (ingest and the CLI find it by name)."""
+    name = changes.get("name")
+    if name is not None:
+        current = await conn.scalar(select(tenants.c.name).where(tenants.c.id == tenant_id))
+        if current == DEFAULT_TENANT and name != DEFAULT_TENANT:
+            raise ValueError(f"the {DEFAULT_TENANT!r} tenant keeps its name")
+        taken = await conn.scalar(
+            select(tenants.c.id).where(tenants.c.name == name, tenants.c.id != tenant_id)
+        )
+        if taken is not None:
+            raise ValueError(f"tenant {name!r} already exists")
+    allowed = {k: v for k, v in changes.items() if k in ("name", "timezone")}
+    if allowed:
+        await conn.execute(tenants.update().where(tenants.c.id == tenant_id).values(**allowed))
+
+
+async def delete_tenant(conn: AsyncConnection, tenant_id: int) -> int:
+    """Delete a tenant with everything it holds: devices with their data (certificates
+    revoked for good), users, cleaning rules, dead letters. Returns the number of devices.
+    ValueError for the default tenant."""
+    name = await conn.scalar(select(tenants.c.name).where(tenants.c.id == tenant_id))
+    if name == DEFAULT_TENANT:
+        raise ValueError(f"the {DEFAULT_TENANT!r} tenant cannot be deleted")
+    ids = select(devices.c.id).where(devices.c.tenant_id == tenant_id)
+    count = len((await conn.execute(ids)).all())
+    await conn.execute(
+        device_certificates.update()
+        .where(
+            device_certificates.c.tenant_id == tenant_id,
+            device_certificates.c.revoked_at.is_(None),
+        )
+        .values(revoked_at=now_us())
+    )
+    await conn.execute(event_times.delete().where(event_times.c.device_id.in_(ids)))
+    for table in (latest, device_quality, rollup_1h, rollup_1m, readings, dead_letters):
+        await conn.execute(table.delete().where(table.c.tenant_id == tenant_id))
+    for table in (metric_rules, users, devices):
+        await conn.execute(table.delete().where(table.c.tenant_id == tenant_id))
+    await conn.execute(tenants.delete().where(tenants.c.id == tenant_id))
+    return count
 
 
 async def tenant_id_by_name(conn: AsyncConnection, name: str) -> int:
