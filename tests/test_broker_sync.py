@@ -292,13 +292,28 @@ def test_cli_keeps_the_broker_in_step(
     assert _login(password_broker, "cli-dev", token, clients) is None
     assert _login(password_broker, "cli-dev", new_token, clients) is not None
 
+    for command, admitted in (("disable", False), ("enable", True)):
+        result = runner.invoke(cli, ["device", command, "cli-dev"], env=env)
+        assert result.exit_code == 0 and "reloaded" in result.output, result.output
+        assert (_login(password_broker, "cli-dev", new_token, clients) is not None) is admitted
+    result = runner.invoke(cli, ["device", "disable", "no-such-device"], env=env)
+    assert result.exit_code == 1 and "no device 'no-such-device'" in result.output
+
     (password_broker.out / "passwd").write_text("telemetra-ingest:$7$101$aaaa$bbbb\n")  # damage
+
     result = runner.invoke(
         cli, ["broker-config", "--out", str(password_broker.out), "--sync"], env=env
     )
     assert result.exit_code == 0, result.output
     assert "written for 1 devices" in result.output and "reloaded" in result.output
     assert "cli-dev:" in (password_broker.out / "passwd").read_text()
+
+    result = runner.invoke(cli, ["device", "delete", "cli-dev"], env=env, input="n\n")
+    assert result.exit_code == 1 and "Aborted" in result.output  # asks first
+    assert _login(password_broker, "cli-dev", new_token, clients) is not None
+    result = runner.invoke(cli, ["device", "delete", "cli-dev", "--yes"], env=env)
+    assert result.exit_code == 0 and "reloaded" in result.output, result.output
+    assert _login(password_broker, "cli-dev", new_token, clients) is None
 
     env["TELEMETRA_BROKER_DIR"] = str(tmp_path / "nowhere")
     result = runner.invoke(cli, ["device", "create", "cli-dev-2"], env=env)

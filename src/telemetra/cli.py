@@ -394,6 +394,59 @@ def device_token(uid: str) -> None:
         raise typer.Exit(1)
 
 
+def _device_status(uid: str, status: str) -> None:
+    from telemetra.store.catalog import get_device, update_device
+
+    async def change(conn: Any) -> bool:
+        row = await get_device(conn, uid, None)
+        if row is not None:
+            await update_device(conn, row.id, {"status": status})
+        return row is not None
+
+    if not in_database(change, write=True):
+        raise fail(f"no device {uid!r}")
+    console.print(f"device {uid!r} is {status}")
+    if not _sync_broker():
+        raise typer.Exit(1)
+
+
+@device_app.command("disable")
+def device_disable(uid: str) -> None:
+    """Disable a device: its data is refused and (with TELEMETRA_BROKER_DIR) it is off the
+    broker at once, token and certificate alike."""
+    _device_status(uid, "disabled")
+
+
+@device_app.command("enable")
+def device_enable(uid: str) -> None:
+    """Enable a disabled device again."""
+    _device_status(uid, "active")
+
+
+@device_app.command("delete")
+def device_delete(
+    uid: str,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+) -> None:
+    """Delete a device with all its readings; its certificates are revoked for good."""
+    from telemetra.store.catalog import delete_device, get_device
+
+    if not yes:
+        typer.confirm(f"delete device {uid!r} and all its data?", abort=True)
+
+    async def delete(conn: Any) -> bool:
+        row = await get_device(conn, uid, None)
+        if row is not None:
+            await delete_device(conn, row.id)
+        return row is not None
+
+    if not in_database(delete, write=True):
+        raise fail(f"no device {uid!r}")
+    console.print(f"device {uid!r} deleted")
+    if not _sync_broker():
+        raise typer.Exit(1)
+
+
 @device_app.command("cert")
 def device_cert(
     uid: str,
