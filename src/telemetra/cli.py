@@ -394,33 +394,40 @@ def device_token(uid: str) -> None:
         raise typer.Exit(1)
 
 
-def _device_status(uid: str, status: str) -> None:
-    from telemetra.store.catalog import get_device, update_device
+def _change_device(uid: str, change: Callable[[Any, Any], Awaitable[None]], done: str) -> None:
+    """Apply ``change(connection, device row)`` to device ``uid``; bring the broker in step."""
+    from telemetra.store.catalog import get_device
 
-    async def change(conn: Any) -> bool:
+    async def apply(conn: Any) -> bool:
         row = await get_device(conn, uid, None)
         if row is not None:
-            await update_device(conn, row.id, {"status": status})
+            await change(conn, row)
         return row is not None
 
-    if not in_database(change, write=True):
+    if not in_database(apply, write=True):
         raise fail(f"no device {uid!r}")
-    console.print(f"device {uid!r} is {status}")
+    console.print(f"device {uid!r} {done}")
     if not _sync_broker():
         raise typer.Exit(1)
+
+
+def _set_status(status: str) -> Callable[[Any, Any], Awaitable[None]]:
+    from telemetra.store.catalog import update_device
+
+    return lambda conn, row: update_device(conn, row.id, {"status": status})
 
 
 @device_app.command("disable")
 def device_disable(uid: str) -> None:
     """Disable a device: its data is refused and (with TELEMETRA_BROKER_DIR) it is off the
     broker at once, token and certificate alike."""
-    _device_status(uid, "disabled")
+    _change_device(uid, _set_status("disabled"), "is disabled")
 
 
 @device_app.command("enable")
 def device_enable(uid: str) -> None:
     """Enable a disabled device again."""
-    _device_status(uid, "active")
+    _change_device(uid, _set_status("active"), "is active")
 
 
 @device_app.command("delete")
@@ -429,22 +436,11 @@ def device_delete(
     yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
 ) -> None:
     """Delete a device with all its readings; its certificates are revoked for good."""
-    from telemetra.store.catalog import delete_device, get_device
+    from telemetra.store.catalog import delete_device
 
     if not yes:
         typer.confirm(f"delete device {uid!r} and all its data?", abort=True)
-
-    async def delete(conn: Any) -> bool:
-        row = await get_device(conn, uid, None)
-        if row is not None:
-            await delete_device(conn, row.id)
-        return row is not None
-
-    if not in_database(delete, write=True):
-        raise fail(f"no device {uid!r}")
-    console.print(f"device {uid!r} deleted")
-    if not _sync_broker():
-        raise typer.Exit(1)
+    _change_device(uid, lambda conn, row: delete_device(conn, row.id), "deleted")
 
 
 @device_app.command("cert")
