@@ -214,10 +214,10 @@ def _broker_sync(out: Path) -> Any:
     from telemetra.certs import DeviceCA
 
     with sync_lock(out):
-        accounts, revoked = in_database(broker_state)
+        state = in_database(broker_state)
         ca = DeviceCA.load_existing(settings().ca_folder)
-        crl = ca.revocation_list(revoked) if ca is not None else None
-        return sync_accounts(out, accounts, crl=crl)
+        crl = ca.revocation_list(state.revoked) if ca is not None else None
+        return sync_accounts(out, state.accounts, blocked=state.blocked, crl=crl)
 
 
 def _sync_broker() -> bool:
@@ -532,12 +532,14 @@ def broker_config(
     if not ingest_password:
         raise fail("--ingest-password (or TELEMETRA_MQTT_PASSWORD) is needed for a new config")
     config = settings()
-    accounts, revoked = in_database(broker_state)
+    state = in_database(broker_state)
+    accounts = state.accounts
     _, skipped = split_accounts(accounts, "telemetra-ingest")
     missing = in_database(devices_without_broker_password)
     try:
         conf = write_config(
-            out, accounts, DeviceCA.load_or_create(config.ca_folder), revoked=revoked,
+            out, accounts, DeviceCA.load_or_create(config.ca_folder), blocked=state.blocked,
+            revoked=state.revoked,
             hostnames=hostname or ["localhost", "127.0.0.1"], tls_port=tls_port,
             plain_port=plain_port, require_certificate=mtls, ingest_password=ingest_password,
             user=user, bind=bind,

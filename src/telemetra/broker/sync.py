@@ -14,7 +14,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from telemetra.broker.mosquitto import broker_state, sync_accounts, sync_lock
+from telemetra.broker.mosquitto import BrokerState, broker_state, sync_accounts, sync_lock
 from telemetra.certs import DeviceCA
 from telemetra.store.tenancy import TENANT_SCOPE
 
@@ -59,12 +59,12 @@ class BrokerSync:
 
     def _sync(self, loop: asyncio.AbstractEventLoop) -> str:
         with sync_lock(self.out):
-            accounts, revoked = asyncio.run_coroutine_threadsafe(self._state(), loop).result()
+            state = asyncio.run_coroutine_threadsafe(self._state(), loop).result()
             ca = DeviceCA.load_existing(self.ca_folder)
-            crl = ca.revocation_list(revoked) if ca is not None else None
-            return sync_accounts(self.out, accounts, crl=crl).reload
+            crl = ca.revocation_list(state.revoked) if ca is not None else None
+            return sync_accounts(self.out, state.accounts, blocked=state.blocked, crl=crl).reload
 
-    async def _state(self) -> tuple[list[tuple[str, str]], list[str]]:
+    async def _state(self) -> BrokerState:
         TENANT_SCOPE.set("")  # every tenant's devices (this task's own context)
         async with self.engine.connect() as conn:
             return await broker_state(conn)

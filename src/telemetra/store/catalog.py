@@ -381,6 +381,19 @@ async def record_certificate(
     )  # fmt: skip
 
 
+async def blocked_identities(conn: AsyncConnection) -> list[str]:
+    """Device ids that may do nothing on the broker: disabled devices, and deleted ones whose
+    certificates have not expired yet (unless a device holds the id again)."""
+    disabled = select(devices.c.uid).where(devices.c.status != "active")
+    gone = select(device_certificates.c.device_uid).where(
+        device_certificates.c.revoked_at.is_not(None),
+        device_certificates.c.not_after > now_us(),
+        device_certificates.c.device_uid.not_in(select(devices.c.uid)),
+    )
+    rows = await conn.execute(disabled.union(gone))
+    return sorted(str(uid) for (uid,) in rows)
+
+
 async def revoked_serials(conn: AsyncConnection) -> list[str]:
     """Serials (hex) of unexpired certificates the broker must refuse: revoked ones (their
     device was deleted) and those of devices that are not active."""
