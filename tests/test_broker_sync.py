@@ -234,6 +234,8 @@ async def test_certificates_of_disabled_and_deleted_devices_are_refused(
 
         assert (await world.client.delete(path, headers=headers)).status_code == 204
         assert connect(first) is None, "a deleted device's certificate was accepted"
+        again.publish(f"devices/{uid}/telemetry", "after delete")
+        assert ingest.receive(QUIET_S) == [], "a deleted device's live session published"
 
         # The id is free again, but the old certificate stays revoked for the new device.
         second = await create_with_certificate("second")
