@@ -28,6 +28,7 @@ class World:
     tenant_a: str
     tenant_b: str
     tokens: dict[str, str]  # "a-operator" -> bearer token
+    app: Any = None  # the FastAPI app behind ``client``
 
     def auth(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
@@ -68,7 +69,7 @@ async def make_world(
                 )
                 assert reply.status_code == 200, reply.text
                 tokens[f"{key}-{role}"] = reply.json()["access_token"]
-        yield World(client, names["a"], names["b"], tokens)
+        yield World(client, names["a"], names["b"], tokens, app)
 
 
 def assert_error(reply: httpx.Response, status: int, code: str) -> None:

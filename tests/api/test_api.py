@@ -218,3 +218,20 @@ async def test_ready_names_an_unreachable_broker(engine: AsyncEngine, db_url: st
     assert reply.status_code == 503
     assert reply.json()["checks"]["broker"].startswith("unreachable at 127.0.0.1:")
     assert reply.json()["checks"]["database"] == "ok"
+
+
+async def test_an_unexpected_error_is_a_500_in_the_one_shape(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("telemetra.store.catalog.find_devices", broken)
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=world.app, raise_app_exceptions=False),
+        base_url="http://test",
+    )
+    async with client:
+        reply = await client.get("/api/v1/devices", headers=world.auth("a-viewer"))
+    assert_error(reply, 500, "internal_error")
+    assert "a bug" not in reply.text  # details stay in the log
