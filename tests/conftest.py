@@ -76,6 +76,29 @@ async def pg_url() -> AsyncIterator[str]:
     await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+APP_ROLE = "telemetra_app_test"
+
+
+async def app_role_url(pg_url: str) -> str:
+    """The test database as seen by an ordinary role (NOSUPERUSER NOBYPASSRLS) with the usual
+    privileges, as production's ``serve`` should connect: Row-Level Security applies to it."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE)
+        if not exists:
+            await conn.execute(f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS")
+        await conn.execute(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
+        await conn.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}"
+        )
+        await conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}")
+    finally:
+        await conn.close()
+    return pg_url.replace(PG_SERVER.split("//", 1)[1].split("@")[0] + "@", f"{APP_ROLE}@", 1)
+
+
 @pytest.fixture(scope="session")
 async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'telemetra.db'}"
@@ -226,5 +249,12 @@ async def world(
     """API tests: two tenants, three logged-in users each, the app running in-process."""
     from api_fixtures import make_world
 
-    async for made in make_world(engine, db_url, tmp_path / "data", mosquitto.url):
-        yield made
+    # On PostgreSQL the app connects as an ordinary role, so RLS applies beneath every request.
+    url = await app_role_url(db_url) if db_url.startswith("postgresql") else db_url
+    app_engine = await open_database(url, migrate_schema=False) if url != db_url else engine
+    try:
+        async for made in make_world(app_engine, url, tmp_path / "data", mosquitto.url):
+            yield made
+    finally:
+        if app_engine is not engine:
+            await app_engine.dispose()

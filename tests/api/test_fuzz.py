@@ -36,6 +36,7 @@ from telemetra.store.catalog import create_device, create_tenant, create_user
 from telemetra.store.database import open_database
 
 from api_fixtures import _HASH, SECRET, World, assert_error
+from conftest import app_role_url
 
 # Per operation and generation mode; raise it locally for a deeper run.
 MAX_EXAMPLES = int(os.environ.get("TELEMETRA_FUZZ_EXAMPLES", "15"))
@@ -104,9 +105,11 @@ async def fuzzed(fuzz_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
             device_token = await create_device(conn, tenant_id, f"fuzz-sensor-{tag}")
     finally:
         await engine.dispose()
+    # On PostgreSQL the app connects as an ordinary role: RLS applies beneath the fuzzing.
+    app_url = await app_role_url(fuzz_url) if fuzz_url.startswith("postgresql") else fuzz_url
     app = create_app(
         Settings(
-            database_url=fuzz_url, secret_key=SECRET, data_dir=tmp_path_factory.mktemp("fuzz"),
+            database_url=app_url, secret_key=SECRET, data_dir=tmp_path_factory.mktemp("fuzz"),
             rate_limit_device_per_s=0, rate_limit_user_per_s=0, max_request_bytes=64 * 1024,
         )
     )  # fmt: skip

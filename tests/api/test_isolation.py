@@ -35,6 +35,7 @@ from telemetra.store.database import open_database
 from telemetra.store.schema import devices, users
 
 from api_fixtures import PASSWORD, SECRET, World, assert_error, make_world
+from conftest import app_role_url
 
 API = "/api/v1"
 ATTACKERS = ("b-owner", "b-operator", "b-viewer")
@@ -95,6 +96,9 @@ def module_db_url(request: pytest.FixtureRequest) -> str:
 async def scene(
     module_db_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Scene]:
+    # On PostgreSQL the app connects as an ordinary role, so RLS applies beneath the matrix.
+    if module_db_url.startswith("postgresql"):
+        module_db_url = await app_role_url(module_db_url)
     engine = await open_database(module_db_url, migrate_schema=False)
     # Hundreds of requests per user within seconds: the rate limits are not what this tests.
     worlds = make_world(

@@ -1,14 +1,13 @@
 """PostgreSQL Row-Level Security: a query that forgot its tenant filter still sees one tenant.
 
 Superusers bypass RLS whatever the table says, so this connects as an ordinary application
-role, as production should.
+role, as production should (so do the API tests on PostgreSQL: see conftest's ``world``).
 """
 
 from __future__ import annotations
 
 import uuid
 
-import asyncpg
 from sqlalchemy import select, text
 
 from telemetra.store.catalog import create_device, create_tenant
@@ -16,26 +15,7 @@ from telemetra.store.database import open_database
 from telemetra.store.schema import devices, tenants
 from telemetra.store.tenancy import TENANT_SCOPE, scope_to
 
-from conftest import PG_SERVER
-
-APP_ROLE = "telemetra_app_test"
-
-
-async def app_role_url(pg_url: str) -> str:
-    """The test database as seen by a non-superuser role with the usual privileges."""
-    conn = await asyncpg.connect(pg_url)
-    try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE)
-        if not exists:
-            await conn.execute(f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS")
-        await conn.execute(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
-        await conn.execute(
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}"
-        )
-        await conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}")
-    finally:
-        await conn.close()
-    return pg_url.replace(PG_SERVER.split("//", 1)[1].split("@")[0] + "@", f"{APP_ROLE}@", 1)
+from conftest import app_role_url
 
 
 async def test_forgotten_tenant_filter_returns_nothing_of_another_tenant(pg_url: str) -> None:
@@ -68,6 +48,15 @@ async def test_forgotten_tenant_filter_returns_nothing_of_another_tenant(pg_url:
             assert refused, "writing into another tenant must be refused"
             scope_to(None)  # platform admin
             assert await visible() == ({mine, theirs}, {f"rls-a-{tag}", f"rls-b-{tag}"})
+            async with engine.connect() as conn:  # conditions too (the cast of '*' once failed)
+                found = await conn.scalar(
+                    select(devices.c.tenant_id).where(devices.c.uid == theirs)
+                )
+                assert found == b
+                named = await conn.scalar(
+                    select(tenants.c.id).where(tenants.c.name == f"rls-a-{tag}")
+                )
+                assert named == a
         finally:
             TENANT_SCOPE.reset(token)
         assert (await visible())[0] == {mine, theirs}  # unscoped: ingest and the CLI

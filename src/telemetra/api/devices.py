@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import IntegrityError
 
 from telemetra.api import errors
 from telemetra.api.auth import Caller, role
@@ -240,16 +241,18 @@ async def create_device(
     request: Request, body: DeviceIn, caller: Annotated[Caller, role("operator")]
 ) -> DeviceCreated:
     """Register a device in the caller's tenant; the response holds its token, once."""
-    async with request.app.state.engine.begin() as conn:
-        try:
+    try:
+        async with request.app.state.engine.begin() as conn:
             token = await catalog.create_device(
                 conn, caller.tenant_id, body.uid, name=body.name, type=body.type,
                 timezone=body.timezone, metadata=body.metadata,
             )  # fmt: skip
-        except ValueError as error:
-            status = 409 if "already exists" in str(error) else 422
-            raise ApiError(status, str(error)) from None
-        row = await catalog.get_device(conn, body.uid, caller.tenant_id)
+            row = await catalog.get_device(conn, body.uid, caller.tenant_id)
+    except ValueError as error:
+        status = 409 if "already exists" in str(error) else 422
+        raise ApiError(status, str(error)) from None
+    except IntegrityError:  # held by another tenant (hidden by RLS), or created meanwhile
+        raise ApiError(409, catalog.device_id_taken(body.uid)) from None
     return DeviceCreated(**_out(row), token=token, broker=await sync_broker(request))
 
 

@@ -206,6 +206,16 @@ async def tenant_id_by_name(conn: AsyncConnection, name: str) -> int:
     return int(tenant_id)
 
 
+def device_id_taken(uid: str) -> str:
+    """Why ``uid`` cannot be registered: the same words whichever tenant holds it (device ids
+    are MQTT usernames and topic levels, so one namespace for the whole installation)."""
+    return (
+        f"device {uid!r} already exists: device ids are unique across the installation "
+        "(they are MQTT usernames and topic levels); choose another, e.g. with a prefix "
+        "of your own"
+    )
+
+
 async def create_device(
     conn: AsyncConnection,
     tenant_id: int,
@@ -216,20 +226,18 @@ async def create_device(
     timezone: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> str:
-    """Register a device and return its new token (shown once; only a hash is stored)."""
+    """Register a device and return its new token (shown once; only a hash is stored).
+
+    ValueError when ``uid`` is taken, as far as this connection sees; under Row-Level
+    Security another tenant's device is invisible and the insert raises IntegrityError.
+    """
     if not valid_device_uid(uid):
         raise ValueError(
             f"invalid device id {uid!r}: 1–128 printable characters without spaces at the "
             "ends and without '/', '+', '#', ':' (device ids become MQTT topic levels)"
         )
     if await conn.scalar(select(devices.c.id).where(devices.c.uid == uid)) is not None:
-        # Device ids are MQTT usernames and topic levels, so one namespace for the whole
-        # installation; the answer is the same whichever tenant holds the id.
-        raise ValueError(
-            f"device {uid!r} already exists: device ids are unique across the installation "
-            "(they are MQTT usernames and topic levels); choose another, e.g. with a prefix "
-            "of your own"
-        )
+        raise ValueError(device_id_taken(uid))
     token = new_token()
     await conn.execute(
         devices.insert().values(
