@@ -572,10 +572,11 @@ async def aggregate_range(
     edges = [f for f in ("first", "last") if f in funcs]
     wanted = ("count", "sum", "min", "max", *edges)
     merged: dict[tuple[str, int], _Acc] = {}
+    known = await query.metric_ids(conn, metrics)
     for s, e in parts:  # in time order: the first piece with data holds a bucket's first value
         for b in await query.aggregate(
             conn, tenant_id, device_id, metrics=metrics, start=s, end=e,
-            bucket_us=bucket_us, funcs=wanted,
+            bucket_us=bucket_us, funcs=wanted, known=known,
         ):  # fmt: skip
             key = (b.metric, b.start)
             acc = merged.get(key)

@@ -165,7 +165,8 @@ def _check_limit(limit: int) -> None:
         raise ValueError(f"limit must be at least 1, got {limit}")
 
 
-async def _metric_ids(conn: AsyncConnection, names: Sequence[str]) -> dict[int, str]:
+async def metric_ids(conn: AsyncConnection, names: Sequence[str]) -> dict[int, str]:
+    """metric id -> name of the known metrics among ``names``."""
     if not names:
         return {}
     rows = await conn.execute(
@@ -208,12 +209,8 @@ async def _series_of(
     """metric id -> name of the device's series: those named in ``metrics`` (None: all)."""
     if metrics is None:
         rows = await conn.execute(_SERIES_SQL, {"device": device_id, "tenant": tenant_id})
-    elif not metrics:
-        return {}
-    else:
-        mt = schema.metrics.c
-        rows = await conn.execute(select(mt.id, mt.name).where(mt.name.in_(sorted(set(metrics)))))
-    return {int(i): str(name) for i, name in rows.all()}
+        return {int(i): str(name) for i, name in rows.all()}
+    return await metric_ids(conn, metrics)
 
 
 async def history(
@@ -401,9 +398,11 @@ async def aggregate(
     end: int,
     bucket_us: int,
     funcs: Sequence[str] = ("avg", "min", "max", "count"),
+    known: dict[int, str] | None = None,
 ) -> list[Bucket]:
     """One Bucket per (metric, epoch-aligned bucket) with data in [start, end), from the coarsest
-    source that serves it (``rollup_1h``, ``rollup_1m`` or raw ``readings``)."""
+    source that serves it (``rollup_1h``, ``rollup_1m`` or raw ``readings``). ``known``:
+    ``metric_ids(conn, metrics)`` when the caller has it already (several ranges, one request)."""
     unknown = [f for f in funcs if f not in AGGREGATE_FUNCS]
     if unknown:
         raise ValueError(
@@ -414,7 +413,7 @@ async def aggregate(
         raise ValueError(f"bucket_us must be a positive number of microseconds, got {bucket_us}")
     _check_range(start, end)
     wanted = set(funcs)
-    names = await _metric_ids(conn, metrics)
+    names = known if known is not None else await metric_ids(conn, metrics)
     if not names or start == end:
         return []
 
@@ -635,7 +634,7 @@ async def aggregate_bounds(
         _check_range(start, end)
     wanted = set(funcs)
     lo, hi = _clip(bounds, start, end)
-    names = await _metric_ids(conn, metrics)
+    names = await metric_ids(conn, metrics)
     if not names or lo >= hi:
         return []
 
