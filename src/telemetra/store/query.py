@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     cast,
     func,
     select,
@@ -334,12 +336,12 @@ def _measures(source: Source, c: Any, labels: Sequence[str]) -> list[Any]:
 
 def _grouped(
     source: Source,
-    tenant_id: int,
-    device_id: int,
-    metric_ids: list[int],
-    start: int,
-    end: int,
-    bucket_us: int,
+    tenant_id: Any,
+    device_id: Any,
+    metric_ids: Any,
+    start: Any,
+    end: Any,
+    bucket_us: Any,
 ) -> Select[Any]:
     """Per (metric, bucket): count, sum, min, max and the first/last timestamps."""
     table, at, only = _source(source)
@@ -364,7 +366,7 @@ def _grouped(
 
 
 def _edge_value(
-    source: Source, device_id: int, metric_id: Any, b: Any, bucket_us: int, ts: Any, first: bool
+    source: Source, device_id: Any, metric_id: Any, b: Any, bucket_us: Any, ts: Any, first: bool
 ) -> ColumnElement[Any]:
     """The value at the bucket's first (or last) timestamp, as a correlated scalar subquery."""
     if source == "raw":
@@ -386,6 +388,28 @@ def _edge_value(
     ]
     value = t.first_value if first else t.last_value
     return select(func.min(value)).where(and_(*conditions)).scalar_subquery()
+
+
+@functools.lru_cache(maxsize=16)
+def _aggregate_statement(source: Source, first: bool, last: bool) -> Select[Any]:
+    """The aggregate query of one shape, with bound parameters tenant, device, ids, start, end
+    and width: built once (building the SQLAlchemy constructs cost about half of a request)."""
+    device: Any = bindparam("device")
+    width: Any = bindparam("width")
+    ids: Any = bindparam("ids", expanding=True)
+    grouped = _grouped(
+        source, bindparam("tenant"), device, ids, bindparam("start"), bindparam("end"), width
+    ).subquery()
+    g = grouped.c
+    columns: list[Any] = [g.metric_id, g.b, g.n, g.total, g.lo, g.hi]
+    for wanted, ts, is_first, label in (
+        (first, g.first_ts, True, "first_value"),
+        (last, g.last_ts, False, "last_value"),
+    ):
+        if wanted:
+            edge = _edge_value(source, device, g.metric_id, g.b, width, ts, is_first)
+            columns.append(edge.label(label))
+    return select(*columns).order_by(g.metric_id, g.b)
 
 
 async def aggregate(
@@ -418,44 +442,31 @@ async def aggregate(
         return []
 
     source = aggregate_source(start, end, bucket_us)
-    grouped = _grouped(
-        source, tenant_id, device_id, sorted(names), start, end, bucket_us
-    ).subquery()
-    g = grouped.c
-    columns: list[Any] = [g.metric_id, g.b, g.n, g.total, g.lo, g.hi]
-    if "first" in wanted:
-        columns.append(
-            _edge_value(source, device_id, g.metric_id, g.b, bucket_us, g.first_ts, True).label(
-                "first_value"
-            )
-        )
-    if "last" in wanted:
-        columns.append(
-            _edge_value(source, device_id, g.metric_id, g.b, bucket_us, g.last_ts, False).label(
-                "last_value"
-            )
-        )
-    rows = (await conn.execute(select(*columns).order_by(g.metric_id, g.b))).all()
+    statement = _aggregate_statement(source, "first" in wanted, "last" in wanted)
+    params = {"tenant": tenant_id, "device": device_id, "ids": sorted(names), "start": start,
+              "end": end, "width": bucket_us}  # fmt: skip
+    rows = (await conn.execute(statement, params)).all()
 
     buckets = []
-    for row in rows:
-        n = int(row.n)
-        if n == 0:
+    has_first = "first" in wanted
+    for row in rows:  # by position: Row._mapping cost a quarter of a request
+        metric_id, b, n, total, lo, hi = row[:6]
+        if not n:
             continue
-        total = float(row.total)
-        m = row._mapping
+        n, total = int(n), float(total)
+        edges = row[6:]
         buckets.append(
             Bucket(
-                metric=names[int(row.metric_id)],
-                start=int(row.b),
+                metric=names[int(metric_id)],
+                start=int(b),
                 source=source,
                 avg=total / n if "avg" in wanted else None,
-                min=float(row.lo) if "min" in wanted else None,
-                max=float(row.hi) if "max" in wanted else None,
+                min=float(lo) if "min" in wanted else None,
+                max=float(hi) if "max" in wanted else None,
                 count=n if "count" in wanted else None,
                 sum=total if "sum" in wanted else None,
-                first=float(m["first_value"]) if "first" in wanted else None,
-                last=float(m["last_value"]) if "last" in wanted else None,
+                first=float(edges[0]) if has_first else None,
+                last=float(edges[-1]) if "last" in wanted else None,
             )
         )
     buckets.sort(key=lambda b: (b.metric, b.start))
