@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from telemetra.broker import broker_accounts, split_accounts, write_config
+from telemetra.broker import broker_accounts, split_accounts, sync_accounts, write_config
 from telemetra.broker import mosquitto as broker_mod
 from telemetra.certs import DeviceCA, issue_client_cert
 from telemetra.credentials import mosquitto_hash
@@ -26,6 +26,7 @@ from conftest import free_port, stop
 
 INGEST_PW = "ingest-secret"
 WILDCARD_PW = "wildcard-secret"
+CHIRPSTACK_PW = "chirpstack-secret"
 QUIET_S = 1.0  # how long "nothing arrives" is watched
 
 
@@ -76,6 +77,7 @@ def password_broker(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> I
         ca,
         tls_port=port,
         ingest_password=INGEST_PW,
+        chirpstack_password=CHIRPSTACK_PW,
         user=getpass.getuser(),
     )
     running = start_broker(base / "out", port, ca)
@@ -159,6 +161,31 @@ def test_device_cannot_publish_for_another_device(
     got = ingest.wait_for(f"devices/{fleet.a}/telemetry", '{"own": 1}')
     got += ingest.receive(QUIET_S)
     assert got == [(f"devices/{fleet.a}/telemetry", b'{"own": 1}')]
+
+
+def test_chirpstack_publishes_uplinks_and_nothing_of_the_devices(
+    password_broker: Running, fleet: Fleet, clients: list[Client]
+) -> None:
+    ingest = _ingest(password_broker, clients)
+    ingest.subscribe("#")
+    chirpstack = Client(password_broker.port, ca=password_broker.ca_file, username="chirpstack",
+                        password=CHIRPSTACK_PW)  # fmt: skip
+    clients.append(chirpstack)
+    assert chirpstack.connected()
+    chirpstack.publish(f"devices/{fleet.a}/telemetry", '{"forged": 1}')  # not a device
+    uplink = "application/7/device/0102030405060708/event/up"
+    chirpstack.publish(uplink, '{"object": {"t": 1}}')
+    got = ingest.wait_for(uplink, '{"object": {"t": 1}}') + ingest.receive(QUIET_S)
+    assert got == [(uplink, b'{"object": {"t": 1}}')]
+    # The section outlives a sync, and no device may take the service's name.
+    out = password_broker.out
+    result = sync_accounts(out, [*fleet.accounts, ("chirpstack", mosquitto_hash("x"))])
+    assert ("chirpstack", "device id equals a service's username") in result.skipped
+    acl = (out / "acl").read_text().splitlines()
+    assert acl[acl.index("user chirpstack") + 1] == "topic readwrite application/#"
+    assert [line.split(":")[0] for line in (out / "passwd").read_text().splitlines()].count(
+        "chirpstack"
+    ) == 1
 
 
 def test_device_reads_only_its_own_acks(

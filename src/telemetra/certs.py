@@ -38,8 +38,8 @@ CA_DAYS = 3650
 # the list is valid for long; each sync writes a fresh one anyway.
 CRL_DAYS = 3650
 # Broker usernames that must never be a device certificate's CN: with use_identity_as_username
-# such a certificate would log in as the ingest user and read every device's data.
-RESERVED_CERT_NAMES = frozenset({"telemetra-ingest"})
+# such a certificate would log in as that service (the ingest user reads every device's data).
+RESERVED_CERT_NAMES = frozenset({"telemetra-ingest", "chirpstack"})
 # Backdate validity a little so that a device whose clock lags still accepts a fresh cert.
 _BACKDATE = dt.timedelta(hours=1)
 
@@ -238,7 +238,7 @@ def issue_client_cert(ca: DeviceCA, device_uid: str, days: int = 825) -> tuple[b
             "the ends and without '/', '+', '#', ':'"
         )
     if device_uid in RESERVED_CERT_NAMES:
-        raise ValueError(f"{device_uid!r} is reserved for the broker's ingest user")
+        raise ValueError(f"{device_uid!r} is reserved for a service's broker login")
     return _leaf(ca, device_uid, days, ExtendedKeyUsageOID.CLIENT_AUTH)
 
 

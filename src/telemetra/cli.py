@@ -489,6 +489,14 @@ def broker_config(
         str | None,
         typer.Option(envvar="TELEMETRA_MQTT_PASSWORD", help="password of the ingest user"),
     ] = None,
+    chirpstack_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TELEMETRA_CHIRPSTACK_MQTT_PASSWORD",
+            help="also a login for ChirpStack's MQTT integration: user 'chirpstack', "
+            "topics application/# (with --mtls: chirpstack.crt/.key)",
+        ),
+    ] = None,
     sync: Annotated[
         bool,
         typer.Option(
@@ -542,7 +550,7 @@ def broker_config(
             revoked=state.revoked,
             hostnames=hostname or ["localhost", "127.0.0.1"], tls_port=tls_port,
             plain_port=plain_port, require_certificate=mtls, ingest_password=ingest_password,
-            user=user, bind=bind,
+            chirpstack_password=chirpstack_password, user=user, bind=bind,
         )  # fmt: skip
     except ValueError as error:
         raise fail(str(error)) from None

@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -59,6 +60,9 @@ __all__ = [
 log = structlog.get_logger("telemetra.broker")
 
 INGEST_USERNAME = "telemetra-ingest"
+# ChirpStack's MQTT integration publishes uplinks (and reads downlinks) under application/.
+CHIRPSTACK_USERNAME = "chirpstack"
+CHIRPSTACK_ACL = ("topic readwrite application/#",)
 # What a device may do, %u being its username (the certificate CN with
 # use_identity_as_username). These follow ingest.routes.DEFAULT_ROUTES; ChirpStack topics are
 # published by ChirpStack, not by devices. Patterns, not a section per device: Mosquitto 2.0
@@ -140,8 +144,8 @@ def split_accounts(
             # CVE-2017-7650: a username such as '#' or '+' turns %u pattern rules into
             # wildcards that grant access to every device's topics.
             skipped.append((uid, "invalid device id (wildcard, separator or control character)"))
-        elif uid == ingest_username:
-            skipped.append((uid, "device id equals the ingest username"))
+        elif uid in (ingest_username, CHIRPSTACK_USERNAME):
+            skipped.append((uid, "device id equals a service's username"))
         elif uid in seen:
             skipped.append((uid, "duplicate device id"))
         elif not _HASH.fullmatch(broker_hash):
@@ -221,7 +225,7 @@ def _render_config(layout: _Layout) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render_acl(ingest_username: str, blocked: Iterable[str]) -> str:
+def _render_acl(ingest_username: str, blocked: Iterable[str], chirpstack: bool = False) -> str:
     lines = [
         "# Written by Telemetra; regenerate rather than edit. Devices (username = device id)",
         "# publish only under their own id and read only their own acks. Device ids with '+' or",
@@ -229,11 +233,18 @@ def _render_acl(ingest_username: str, blocked: Iterable[str]) -> str:
         *DEVICE_ACL,
         "",
         "# The ingest workers read all telemetry and write acks and telemetra/deadletter.",
-        "# ChirpStack, when used, needs its own user with: topic write application/#",
         f"user {ingest_username}",
         "topic readwrite #",
     ]
-    denied = sorted({uid for uid in blocked if valid_device_uid(uid) and uid != ingest_username})
+    if chirpstack:
+        lines += [
+            "",
+            "# ChirpStack: LoRaWAN uplinks in, downlinks out.",
+            f"user {CHIRPSTACK_USERNAME}",
+        ]
+        lines += CHIRPSTACK_ACL
+    services = (ingest_username, CHIRPSTACK_USERNAME)
+    denied = sorted({uid for uid in blocked if valid_device_uid(uid) and uid not in services})
     if denied:
         lines += [
             "",
@@ -462,6 +473,7 @@ def write_config(
     require_certificate: bool = False,
     ingest_username: str = INGEST_USERNAME,
     ingest_password: str,
+    chirpstack_password: str | None = None,
     persistence_dir: Path | None = None,
     user: str | None = None,
     bind: str = "127.0.0.1",
@@ -525,7 +537,10 @@ def write_config(
             os.chmod(folder, 0o711)  # noqa: S103
         secret = 0o600
         services = f"{ingest_username}:{mosquitto_hash(ingest_password)}\n"
-        state = {"ingest_username": ingest_username, "user": user}
+        if chirpstack_password:
+            services += f"{CHIRPSTACK_USERNAME}:{mosquitto_hash(chirpstack_password)}\n"
+        chirpstack = bool(chirpstack_password)
+        state = {"ingest_username": ingest_username, "user": user, "chirpstack": chirpstack}
         reload_text = RELOAD_TEXT.format(conf=out / "mosquitto.conf", out=out, pid=out / PID_FILE)
         files: dict[str, tuple[str | bytes, int]] = {
             "RELOAD.txt": (reload_text, 0o644),
@@ -536,7 +551,7 @@ def write_config(
             "server.pem": (server_cert, 0o644),
             "server.key": (server_key, secret),
             "passwd": (_render_passwd(services, usable), secret),
-            "acl": (_render_acl(ingest_username, blocked), secret),
+            "acl": (_render_acl(ingest_username, blocked, chirpstack), secret),
             "mosquitto.conf": (config, 0o644),
         }
         broker_secrets = {"server.key", "passwd", "acl"}
@@ -544,6 +559,10 @@ def write_config(
             cert, key = issue_service_cert(ca, ingest_username)
             files["ingest.crt"] = (cert, 0o644)
             files["ingest.key"] = (key, secret)  # for the ingest worker, not for Mosquitto
+            if chirpstack:
+                cert, key = issue_service_cert(ca, CHIRPSTACK_USERNAME)
+                files["chirpstack.crt"] = (cert, 0o644)
+                files["chirpstack.key"] = (key, secret)
         for name, (data, mode) in files.items():
             _write(folder / name, data, mode)
             if owner is not None and name in broker_secrets:
@@ -600,14 +619,18 @@ def sync_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def read_state(out: Path) -> dict[str, str | None]:
+def read_state(out: Path) -> dict[str, Any]:
     """What ``write_config`` left for later syncs; ValueError if ``out`` is not its folder."""
     try:
         state = json.loads((out / STATE_FILE).read_text())
         services = out / SERVICES_FILE
         if not services.is_file() or not isinstance(state.get("ingest_username"), str):
             raise ValueError
-        return {"ingest_username": state["ingest_username"], "user": state.get("user")}
+        return {
+            "ingest_username": state["ingest_username"],
+            "user": state.get("user"),
+            "chirpstack": bool(state.get("chirpstack")),
+        }
     except (OSError, ValueError):
         raise ValueError(
             f"{out} is not a folder written by `telemetra broker-config` (no {STATE_FILE} "
@@ -728,7 +751,7 @@ def sync_accounts(
         services = (out / SERVICES_FILE).read_text()
         files: dict[str, str | bytes] = {
             "passwd": _render_passwd(services, usable),
-            "acl": _render_acl(ingest_username, blocked),
+            "acl": _render_acl(ingest_username, blocked, state["chirpstack"]),
         }
         if crl is not None:
             files["crl.pem"] = crl
