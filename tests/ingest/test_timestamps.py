@@ -158,3 +158,13 @@ def test_only_timestamp_error(value: object) -> None:
     except TimestampError:
         return
     assert isinstance(ts, int) and ts >= 0
+
+
+@given(st.integers(min_value=-(10**18), max_value=10**18) | st.integers())
+def test_format_us_is_isoformat_with_z(ts: int) -> None:
+    try:
+        expected = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ts)).isoformat()
+        expected = expected.removesuffix("+00:00") + "Z"
+    except OverflowError:
+        expected = f"{ts} µs since epoch"
+    assert format_us(ts) == expected
