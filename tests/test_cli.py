@@ -151,8 +151,10 @@ def test_device_token_cert_and_broker_config(sqlite_env: dict[str, str], tmp_pat
     code, out = invoke(
         sqlite_env, "broker-config", "--out", str(tmp_path / "broker"),
         "--ingest-password", "ingest-password-1", "--tls-port", str(free_port()),
-        "--bind", "127.0.0.1", "--user", getpass.getuser(),
+        "--bind", "127.0.0.1", "--user", getpass.getuser(), "--chirpstack-password", "cs-pw-123",
     )  # fmt: skip
     assert code == 0, out
     assert "written for 1 devices" in out.replace("\n", " ")
-    assert "esp-7:$7$" in (tmp_path / "broker" / "passwd").read_text()
+    passwd = (tmp_path / "broker" / "passwd").read_text()
+    assert "esp-7:$7$" in passwd and "chirpstack:$7$" in passwd
+    assert "user chirpstack" in (tmp_path / "broker" / "acl").read_text()
