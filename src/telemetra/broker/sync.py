@@ -51,7 +51,7 @@ class BrokerSync:
                 # In a thread that sees it through even if this request is cancelled: the lock
                 # across processes is held from reading the devices to the reload.
                 self._last = await asyncio.to_thread(self._sync, loop)
-            except (ValueError, OSError) as error:
+            except Exception as error:  # the database too: the change itself is committed
                 log.error("broker files not updated", folder=str(self.out), error=str(error))
                 self._last = f"broker files not updated: {error}"
             self._done = covers
