@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         20.0, ge=0, description="API requests per user and second (0: off)"
     )
     rate_limit_burst: float = Field(60.0, ge=1, description="requests allowed in a burst")
+    login_failures_per_min: float = Field(
+        10.0, ge=0, description="failed logins per username and per client address (0: off)"
+    )
     demo: bool = False
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="`telemetra ingest`: serve Prometheus metrics here"

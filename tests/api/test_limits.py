@@ -12,7 +12,7 @@ from telemetra.api.limits import RateLimiter
 from telemetra.config import Settings
 from telemetra.store.catalog import create_device, create_tenant
 
-from api_fixtures import SECRET, assert_error
+from api_fixtures import PASSWORD, SECRET, World, assert_error
 
 
 def test_token_bucket_allows_bursts_then_the_average_rate() -> None:
@@ -44,3 +44,21 @@ async def test_http_ingest_answers_429_with_retry_after(engine: AsyncEngine, db_
     assert [r.status_code for r in codes[:2]] == [200, 200]
     assert_error(codes[2], 429, "rate_limited")
     assert int(codes[2].headers["Retry-After"]) >= 1
+
+
+async def test_failed_logins_are_limited_before_any_hashing(world: World) -> None:
+    c, tag = world.client, world.tenant_a.split("-", 1)[1]
+    viewer = f"a-viewer-{tag}"
+    for _ in range(3):  # successful logins are never counted
+        assert (await _login(c, viewer, PASSWORD)).status_code == 200
+    for _ in range(10):
+        assert_error(await _login(c, viewer, "wrong guess"), 401, "unauthorized")
+    blocked = await _login(c, viewer, PASSWORD)  # even the right password, for now
+    assert_error(blocked, 429, "rate_limited")
+    assert int(blocked.headers["Retry-After"]) >= 1
+    # The same client address is blocked for every name: guessing across accounts is slow too.
+    assert_error(await _login(c, f"a-owner-{tag}", PASSWORD), 429, "rate_limited")
+
+
+async def _login(c: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
+    return await c.post("/api/v1/auth/token", data={"username": username, "password": password})

@@ -105,6 +105,8 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
         settings.rate_limit_device_per_s, settings.rate_limit_burst
     )
     app.state.user_limits = RateLimiter(settings.rate_limit_user_per_s, settings.rate_limit_burst)
+    # Failed logins only: a burst of 10, then the configured rate per minute.
+    app.state.login_failures = RateLimiter(settings.login_failures_per_min / 60, 10)
     errors.install(app)
     _observe(app)
     api = APIRouter(prefix="/api/v1", responses=errors.responses(401))  # every route: some auth

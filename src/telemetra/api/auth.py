@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import math
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -206,11 +207,24 @@ class MeOut(BaseModel):
     "/token",
     response_model=AccessTokenOut,
     summary="Log in (OAuth2 password form)",
-    responses=errors.responses(401, 422, messages={401: "wrong username or password"}),
-)
+    responses=errors.responses(
+        401, 422, 429, messages={401: "wrong username or password",
+                                 429: "too many failed logins; try again later"}
+    ),
+)  # fmt: skip
 async def login(request: Request, form: Annotated[LoginForm, Form()]) -> AccessTokenOut:
     """Exchange a username and password for a short-lived bearer token (the Authorize button
-    of /docs uses this)."""
+    of /docs uses this). Failed attempts are limited per username and per client address
+    (``TELEMETRA_LOGIN_FAILURES_PER_MIN``, after a burst of 10): 429 with Retry-After."""
+    failures = request.app.state.login_failures
+    keys = (f"name:{form.username}", f"addr:{request.client.host if request.client else ''}")
+    wait = max(failures.waiting(key) for key in keys)
+    if wait > 0:  # before any argon2 work: guessing costs the guesser, not the server
+        raise ApiError(
+            429,
+            "too many failed logins; try again later",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
     async with request.app.state.engine.connect() as conn:
         row = (
             await conn.execute(select(users).where(users.c.username == form.username))
@@ -219,6 +233,8 @@ async def login(request: Request, form: Annotated[LoginForm, Form()]) -> AccessT
     # argon2 takes ~100 ms of CPU on purpose: off the event loop.
     matches = await asyncio.to_thread(password_matches, form.password, stored)
     if not matches or row is None or row.disabled:
+        for key in keys:
+            failures.retry_after(key)  # count the failure
         raise ApiError(401, "wrong username or password", headers={"WWW-Authenticate": "Bearer"})
     caller = Caller(row.id, row.username, row.tenant_id, row.role)
     ttl = request.app.state.settings.token_ttl_s

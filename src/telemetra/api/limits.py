@@ -36,6 +36,15 @@ class RateLimiter:
         self._buckets[key] = (tokens, now)
         return (1 - tokens) / self.rate
 
+    def waiting(self, key: str, now: float | None = None) -> float:
+        """Seconds until ``key`` has a token again (0: it has one), taking none."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
     def check(self, key: str, what: str) -> None:
         """Raise 429 (with Retry-After) when ``key`` is over its limit."""
         wait = self.retry_after(key)
