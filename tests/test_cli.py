@@ -47,7 +47,12 @@ def test_device_administration_on_the_embedded_default(sqlite_env: dict[str, str
     assert len(token) >= 40
     code, out = invoke(sqlite_env, "device", "list", "--json")
     assert code == 0 and '"uid": "esp32-1"' in out and token not in out
+    assert "token_hash" not in out and "broker_hash" not in out  # hashes stay in the database
     assert '"firmware": "1.2.0"' in out
+    code, out = invoke(sqlite_env, "tenant", "list")
+    assert code == 0 and "school" in out and "default" in out, out
+    line = next(x for x in out.splitlines() if "school" in x)
+    assert "Europe/Vienna" in line and " 1 " in line  # one device, no users yet
 
     code, out = invoke(sqlite_env, "device", "create", "esp32-1")
     assert code == 1 and "already exists" in out
@@ -129,6 +134,10 @@ def test_serve_refuses_a_weak_key_and_users_are_created(sqlite_env: dict[str, st
         app, ["user", "create", "x", "--password-stdin"], input="short\n", env=sqlite_env
     )
     assert result.exit_code == 1 and "at least 8" in result.output
+    code, out = invoke(sqlite_env, "user", "list")
+    assert code == 0 and "root" in out and "admin" in out and "$argon2" not in out, out
+    code, out = invoke(sqlite_env, "user", "list", "--tenant", "nope")
+    assert code == 1 and "no tenant named 'nope'" in out
 
 
 def test_device_token_cert_and_broker_config(sqlite_env: dict[str, str], tmp_path: Path) -> None:

@@ -175,6 +175,37 @@ def tenant_create(
     console.print(f"tenant {name!r} created (id {tenant_id})")
 
 
+@tenant_app.command("list")
+def tenant_list() -> None:
+    """List tenants with their numbers of devices and users."""
+    from telemetra.ingest.timestamps import format_us
+    from telemetra.store.catalog import tenant_overview
+
+    table = Table("id", "name", "time zone", "devices", "users", "created")
+    for row in in_database(tenant_overview):
+        table.add_row(
+            str(row.id), row.name, row.timezone or "", str(row.devices), str(row.users),
+            format_us(row.created_at),
+        )  # fmt: skip
+    out.print(table)
+
+
+@user_app.command("list")
+def user_list(tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None) -> None:
+    """List users (never their password hashes)."""
+    from telemetra.store.catalog import find_users, tenant_id_by_name
+
+    async def users(conn: Any) -> list[Any]:
+        tenant_id = await tenant_id_by_name(conn, tenant) if tenant else None
+        return await find_users(conn, tenant_id, limit=1_000_000)
+
+    table = Table("id", "username", "tenant", "role", "disabled")
+    for row in in_database(users):
+        disabled = "yes" if row.disabled else ""
+        table.add_row(str(row.id), row.username, row.tenant, row.role, disabled)
+    out.print(table)
+
+
 @device_app.command("create")
 def device_create(
     uid: Annotated[str, typer.Argument(help="device id (MQTT topic level and username)")],
@@ -253,6 +284,9 @@ def _check_zone(name: str) -> None:
         raise fail(f"unknown time zone {name!r} (use an IANA name like Europe/Berlin)") from None
 
 
+_SECRETS = frozenset({"token_hash", "broker_hash", "password_hash"})  # never printed
+
+
 @device_app.command("list")
 def device_list(
     tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
@@ -268,7 +302,7 @@ def device_list(
     rows = in_database(devices)
     if as_json:
         for row in rows:
-            print(json.dumps({k: v for k, v in row._mapping.items() if k != "token_hash"}))
+            print(json.dumps({k: v for k, v in row._mapping.items() if k not in _SECRETS}))
         return
     table = Table("uid", "tenant", "name", "type", "status", "last seen", "clock offset")
     from telemetra.ingest.timestamps import format_us

@@ -465,6 +465,16 @@ async def find_tenants(
     return list((await conn.execute(query)).all())
 
 
+async def tenant_overview(conn: AsyncConnection) -> list[Any]:
+    """Every tenant by name, with its numbers of devices and users."""
+    device_count = select(func.count()).where(devices.c.tenant_id == tenants.c.id).scalar_subquery()
+    user_count = select(func.count()).where(users.c.tenant_id == tenants.c.id).scalar_subquery()
+    query = select(tenants, device_count.label("devices"), user_count.label("users")).order_by(
+        tenants.c.name
+    )
+    return list((await conn.execute(query)).all())
+
+
 async def get_tenant(conn: AsyncConnection, tenant_id: int) -> Any:
     """A tenant row by id, or None."""
     return (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).one_or_none()
