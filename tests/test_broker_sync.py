@@ -62,14 +62,6 @@ def mtls_broker(tmp_path: Path) -> Iterator[Running]:
     stop(running.process)
 
 
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for c in made:
-        c.close()
-
-
 async def _world(engine: AsyncEngine, db_url: str, base: Path) -> AsyncIterator[World]:
     async for world in make_world(engine, db_url, base / "data", broker_dir=base / "broker"):
         yield world
@@ -171,7 +163,7 @@ async def test_a_burst_of_registrations_shares_syncs(
         syncs.append(result.devices)
         return result
 
-    monkeypatch.setattr("telemetra.broker.sync.sync_accounts", counted)
+    monkeypatch.setattr(broker_mod, "sync_accounts", counted)  # what sync_state calls
     uids = [f"burst-{i}-{os.urandom(2).hex()}" for i in range(20)]
     replies = await asyncio.gather(
         *(

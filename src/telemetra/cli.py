@@ -241,14 +241,10 @@ def device_create(
 
 def _broker_sync(out: Path) -> Any:
     """Rewrite ``out``'s passwd, acl and revocation list from the database; reload Mosquitto."""
-    from telemetra.broker.mosquitto import broker_state, sync_accounts, sync_lock
-    from telemetra.certs import DeviceCA
+    from telemetra.broker.mosquitto import broker_state, sync_lock, sync_state
 
     with sync_lock(out):
-        state = in_database(broker_state)
-        ca = DeviceCA.load_existing(settings().ca_folder)
-        crl = ca.revocation_list(state.revoked) if ca is not None else None
-        return sync_accounts(out, state.accounts, blocked=state.blocked, crl=crl)
+        return sync_state(out, in_database(broker_state), settings().ca_folder)
 
 
 def _sync_broker() -> bool:

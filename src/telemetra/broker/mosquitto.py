@@ -54,6 +54,7 @@ __all__ = [
     "split_accounts",
     "sync_accounts",
     "sync_lock",
+    "sync_state",
     "write_config",
 ]
 
@@ -778,3 +779,11 @@ def sync_accounts(
         reload=result.reload,
     )
     return result
+
+
+def sync_state(out: Path, state: BrokerState, ca_folder: Path) -> SyncResult:
+    """``sync_accounts`` for ``state``, with its revocation list signed by the installation CA
+    in ``ca_folder`` (none when there is no CA there yet)."""
+    ca = DeviceCA.load_existing(ca_folder)
+    crl = ca.revocation_list(state.revoked) if ca is not None else None
+    return sync_accounts(out, state.accounts, blocked=state.blocked, crl=crl)

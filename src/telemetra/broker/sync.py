@@ -14,8 +14,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from telemetra.broker.mosquitto import BrokerState, broker_state, sync_accounts, sync_lock
-from telemetra.certs import DeviceCA
+from telemetra.broker.mosquitto import BrokerState, broker_state, sync_lock, sync_state
 from telemetra.store.tenancy import TENANT_SCOPE
 
 log = structlog.get_logger("telemetra.broker")
@@ -60,9 +59,7 @@ class BrokerSync:
     def _sync(self, loop: asyncio.AbstractEventLoop) -> str:
         with sync_lock(self.out):
             state = asyncio.run_coroutine_threadsafe(self._state(), loop).result()
-            ca = DeviceCA.load_existing(self.ca_folder)
-            crl = ca.revocation_list(state.revoked) if ca is not None else None
-            return sync_accounts(self.out, state.accounts, blocked=state.blocked, crl=crl).reload
+            return sync_state(self.out, state, self.ca_folder).reload
 
     async def _state(self) -> BrokerState:
         TENANT_SCOPE.set("")  # every tenant's devices (this task's own context)
