@@ -179,20 +179,8 @@ async def delete_tenant(conn: AsyncConnection, tenant_id: int) -> int:
     name = await conn.scalar(select(tenants.c.name).where(tenants.c.id == tenant_id))
     if name == DEFAULT_TENANT:
         raise ValueError(f"the {DEFAULT_TENANT!r} tenant cannot be deleted")
-    ids = select(devices.c.id).where(devices.c.tenant_id == tenant_id)
-    count = len((await conn.execute(ids)).all())
-    await conn.execute(
-        device_certificates.update()
-        .where(
-            device_certificates.c.tenant_id == tenant_id,
-            device_certificates.c.revoked_at.is_(None),
-        )
-        .values(revoked_at=now_us())
-    )
-    await conn.execute(event_times.delete().where(event_times.c.device_id.in_(ids)))
-    for table in (latest, device_quality, rollup_1h, rollup_1m, readings, dead_letters):
-        await conn.execute(table.delete().where(table.c.tenant_id == tenant_id))
-    for table in (metric_rules, users, devices):
+    count = await _remove_devices(conn, devices.c.tenant_id == tenant_id)
+    for table in (dead_letters, metric_rules, users):
         await conn.execute(table.delete().where(table.c.tenant_id == tenant_id))
     await conn.execute(tenants.delete().where(tenants.c.id == tenant_id))
     return count
@@ -366,15 +354,26 @@ async def delete_device(conn: AsyncConnection, device_id: int) -> None:
     """Delete a device with its readings, rollups, latest values and quality record; its
     client certificates are revoked for good (a device created later under the same id must
     not be reachable with them)."""
-    uid = await conn.scalar(select(devices.c.uid).where(devices.c.id == device_id))
+    await _remove_devices(conn, devices.c.id == device_id)
+
+
+async def _remove_devices(conn: AsyncConnection, which: Any) -> int:
+    """Delete the devices matching ``which`` (a condition on ``devices``) with all their data,
+    revoking their certificates for good; returns how many there were."""
+    ids = select(devices.c.id).where(which)
+    count = len((await conn.execute(ids)).all())
     await conn.execute(
         device_certificates.update()
-        .where(device_certificates.c.device_uid == uid, device_certificates.c.revoked_at.is_(None))
+        .where(
+            device_certificates.c.device_uid.in_(select(devices.c.uid).where(which)),
+            device_certificates.c.revoked_at.is_(None),
+        )
         .values(revoked_at=now_us())
     )
     for table in (readings, rollup_1m, rollup_1h, latest, device_quality, event_times):
-        await conn.execute(table.delete().where(table.c.device_id == device_id))
-    await conn.execute(devices.delete().where(devices.c.id == device_id))
+        await conn.execute(table.delete().where(table.c.device_id.in_(ids)))
+    await conn.execute(devices.delete().where(which))
+    return count
 
 
 async def record_certificate(
