@@ -243,6 +243,15 @@ class TcpProxy:
 
 
 @pytest.fixture
+def clients() -> Iterator[list[Any]]:
+    """MQTT test clients (broker_fixtures.Client) a test makes: closed when it ends."""
+    made: list[Any] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
 async def world(
     engine: AsyncEngine, db_url: str, tmp_path: Path, mosquitto: Broker
 ) -> AsyncIterator[Any]:

@@ -30,14 +30,6 @@ CHIRPSTACK_PW = "chirpstack-secret"
 QUIET_S = 1.0  # how long "nothing arrives" is watched
 
 
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for c in made:
-        c.close()
-
-
 @dataclass
 class Fleet:
     a: str
