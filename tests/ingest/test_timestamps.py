@@ -79,12 +79,41 @@ def test_naive_across_dst_change() -> None:
     before, _ = parse_timestamp("2026-03-29T01:59:00", BERLIN)
     after, _ = parse_timestamp("2026-03-29T03:00:00", BERLIN)
     assert after - before == 60 * 1_000_000
-    # The nonexistent 02:30 resolves with fold=0 (the offset before the gap): 01:30Z.
-    gap, naive = parse_timestamp("2026-03-29T02:30:00", BERLIN)
-    assert naive and gap == us(datetime(2026, 3, 29, 1, 30, tzinfo=UTC))
-    # The ambiguous 02:30 in October resolves with fold=0 to the first (summer) occurrence.
-    amb, _ = parse_timestamp("2026-10-25T02:30:00", BERLIN)
-    assert amb == us(datetime(2026, 10, 25, 0, 30, tzinfo=UTC))
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("zone", "local", "expected", "same_as"),
+    [
+        # Gap: the local time does not exist. It is read with the offset in force before the
+        # change (winter time), i.e. the wall clock moved forward by the gap's length.
+        (BERLIN, "2026-03-29T02:30:00", datetime(2026, 3, 29, 1, 30, tzinfo=UTC), "03:30+02:00"),
+        (NEW_YORK, "2026-03-08T02:30:00", datetime(2026, 3, 8, 7, 30, tzinfo=UTC), "03:30-04:00"),
+        # Fold: the local time happens twice. It is read as the first occurrence (summer time).
+        (BERLIN, "2026-10-25T02:30:00", datetime(2026, 10, 25, 0, 30, tzinfo=UTC), "02:30+02:00"),
+        (NEW_YORK, "2026-11-01T01:30:00", datetime(2026, 11, 1, 5, 30, tzinfo=UTC), "01:30-04:00"),
+    ],
+)
+def test_naive_time_in_a_dst_gap_or_fold(
+    zone: ZoneInfo, local: str, expected: datetime, same_as: str
+) -> None:
+    """What docs/mqtt.md promises: a gap reads as if the clock had not changed yet, a fold as
+    its first occurrence; either way the reading is flagged naive, never rejected."""
+    assert parse_timestamp(local, zone) == (us(expected), True)
+    assert parse_timestamp(f"{local[:11]}{same_as}", zone) == (us(expected), False)
+
+
+def test_second_occurrence_of_a_fold_needs_an_offset() -> None:
+    # The second 02:30 in Berlin (winter time, 01:30Z) cannot be written naively: send +01:00.
+    first, _ = parse_timestamp("2026-10-25T02:30:00", BERLIN)
+    second, naive = parse_timestamp("2026-10-25T02:30:00+01:00", BERLIN)
+    assert not naive and second - first == 3600 * 1_000_000
+    # 03:00 is winter time again (02:00Z), 90 minutes after the first 02:30: a naive series
+    # through the fold puts its repeated hour on the instants of the first one.
+    after, _ = parse_timestamp("2026-10-25T03:00:00", BERLIN)
+    assert after - first == 90 * 60 * 1_000_000
 
 
 @pytest.mark.parametrize(
