@@ -177,8 +177,18 @@ dead_letters = Table(
     Column("payload", LargeBinary),
     Column("payload_size", Integer, nullable=False),
     Column("received_at", BigInteger, nullable=False),
+    # What the rejection is, not when it arrived: a redelivery or a second import of the same
+    # input has the same fingerprint and is dead-lettered once (``write.dead_letter_row``).
+    Column("fingerprint", String(32)),  # NULL on rows from before migration 0007
+    Column("metric", String(200)),
+    # The last replay through today's devices and rules (``ingest.replay``).
+    Column("replayed_at", BigInteger),
+    Column("replay_outcome", String(16)),  # stored | rejected | skipped
+    Column("replay_detail", Text),
 )
 Index("ix_dead_letters_tenant_id", dead_letters.c.tenant_id, dead_letters.c.id)
+Index("uq_dead_letters_fingerprint", dead_letters.c.fingerprint, unique=True)
+Index("ix_dead_letters_device", dead_letters.c.device_uid, dead_letters.c.received_at)
 
 users = Table(
     "users",
