@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from telemetra.api import accounts, auth, devices, errors, health, ingest, telemetry
 from telemetra.api.app import create_app
 from telemetra.config import Settings
+from telemetra.store import timerange
 
 from api_fixtures import SECRET
 
@@ -301,9 +302,9 @@ def test_examples_are_what_the_code_reads_and_writes() -> None:
     assert telemetry.query._decode_cursor(dead_letters["next_cursor"], "d1", 1)
     for aggregate in telemetry.AggregateOut.model_json_schema()["examples"]:
         if "tz" in aggregate:
-            assert telemetry.parse_zone(aggregate["tz"]).key == aggregate["tz"]
-        width_us = telemetry.parse_bucket(aggregate["bucket"])
-        assert width_us == aggregate["bucket_s"] * telemetry.US
+            assert timerange.parse_zone(aggregate["tz"]).key == aggregate["tz"]
+        width_us = timerange.parse_bucket(aggregate["bucket"])
+        assert width_us == aggregate["bucket_s"] * timerange.US
     for response in errors.responses(*errors._DOCUMENTED).values():
         example = response["content"]["application/json"]["example"]
         assert example == errors.error_body(**example["error"])  # the shape the handlers write

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from telemetra.api import telemetry
 from telemetra.api.auth import hash_password
 from telemetra.ingest.timestamps import format_us
+from telemetra.store import timerange
 from telemetra.store.catalog import create_user, tenant_id_by_name
 from telemetra.store.query import HistoryRow
 
@@ -211,9 +212,9 @@ async def test_aggregates_equal_the_values_and_come_from_rollups(world: World) -
         if bucket_s is not None:
             assert body["bucket_s"] == bucket_s, max_points
         assert 0 < len(body["series"][0]["points"]) <= max_points
-        nice = telemetry.NICE_BUCKETS_S
+        nice = timerange.NICE_BUCKETS_S
         smaller = nice[nice.index(body["bucket_s"]) - 1] * 1_000_000
-        assert telemetry.bucket_count(start, start + 2 * HOUR, smaller) > max_points
+        assert timerange.bucket_count(start, start + 2 * HOUR, smaller) > max_points
         counts = sum(p["count"] for p in body["series"][0]["points"])
         assert counts == 120
 
