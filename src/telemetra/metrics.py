@@ -11,6 +11,12 @@ READINGS = Counter("telemetra_ingest_readings_total", "Readings stored (new rows
 REJECTIONS = Counter(
     "telemetra_ingest_rejections_total", "Rejected messages or values, by reason", ["reason"]
 )
+DUPLICATE_REJECTIONS = Counter(
+    "telemetra_ingest_duplicate_rejections_total",
+    "Rejections already dead-lettered (a redelivery or a file imported again): not counted "
+    "again in telemetra_ingest_rejections_total",
+    ["reason"],
+)
 BATCH_SECONDS = Histogram(
     "telemetra_ingest_batch_commit_seconds",
     "Time to commit one batch (readings, rollups, quality, dead letters)",

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Message, Pipeline
 from telemetra.model import Reason, Rejection, valid_device_uid
-from telemetra.store.write import add_dead_letters
+from telemetra.store.write import add_dead_letters, dead_letter_row
 
 __all__ = [
     "FORMATS",
@@ -321,18 +321,19 @@ class _Summing:
         for message, item in letters:
             found = known.get(message.device) if message.device is not None else None
             rows.append(
-                {
-                    "tenant_id": found.tenant_id if found is not None else None,
-                    "device_uid": message.device if found is not None else None,
-                    "source": message.source,
-                    "topic": message.topic[:512],
-                    "reason": str(item.reason),
-                    "detail": item.detail,
-                    "entry_index": None,
-                    "payload": message.payload[:cap],
-                    "payload_size": len(message.payload),
-                    "received_at": message.received_at,
-                }
+                dead_letter_row(
+                    tenant_id=found.tenant_id if found is not None else None,
+                    device_uid=message.device if found is not None else None,
+                    source=message.source,
+                    topic=message.topic,
+                    reason=str(item.reason),
+                    detail=item.detail,
+                    entry_index=None,
+                    metric=None,
+                    payload=message.payload,
+                    received_at=message.received_at,
+                    cap=cap,
+                )
             )
         async with pipeline.engine.begin() as conn:
             await add_dead_letters(conn, rows)

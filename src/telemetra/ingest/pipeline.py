@@ -52,7 +52,9 @@ from telemetra.store.write import (
     add_dead_letters,
     add_quality_counts,
     assigned_times,
+    dead_letter_row,
     forget_event_times,
+    payload_digest,
     remember_event_times,
     touch_devices,
     write_readings,
@@ -504,33 +506,53 @@ class Pipeline:
             for position, rejection in batch.extra + db_conflicts:
                 rejected[position].append(rejection)
             letters = []
+            counters: list[tuple[int, int, str] | None] = []  # quality counter per letter
             cap = self.settings.deadletter_payload_bytes
             for position, work in enumerate(works):
                 outcome = work.outcome
+                digest = payload_digest(outcome.message.payload)
+                equal: Counter[tuple[str, int | None, str | None]] = Counter()
                 for rejection in rejected[position]:
+                    counter = None
                     if work.device is not None:
-                        counter = (
+                        name = (
                             "conflict"
                             if rejection.reason == Reason.CONFLICT
                             else f"rejected:{rejection.reason}"
                         )
-                        quality[(work.device.tenant_id, work.device.id, counter)] += 1
+                        counter = (work.device.tenant_id, work.device.id, name)
+                    same = (str(rejection.reason), rejection.index, rejection.metric)
                     letters.append(
-                        {
-                            "tenant_id": outcome.tenant_id,
-                            "device_uid": outcome.device,
-                            "source": outcome.message.source,
-                            "topic": outcome.message.topic[:512],
-                            "reason": str(rejection.reason),
-                            "detail": _sanitize(rejection.detail),
-                            "entry_index": rejection.index,
-                            "payload": outcome.message.payload[:cap],
-                            "payload_size": len(outcome.message.payload),
-                            "received_at": outcome.message.received_at,
-                        }
+                        dead_letter_row(
+                            tenant_id=outcome.tenant_id,
+                            device_uid=outcome.device,
+                            source=outcome.message.source,
+                            topic=outcome.message.topic,
+                            reason=str(rejection.reason),
+                            detail=_sanitize(rejection.detail),
+                            entry_index=rejection.index,
+                            metric=rejection.metric,
+                            payload=outcome.message.payload,
+                            received_at=outcome.message.received_at,
+                            cap=cap,
+                            digest=digest,
+                            ordinal=equal[same],
+                        )
                     )
+                    counters.append(counter)
+                    equal[same] += 1
             await remember_event_times(conn, [t for w in works for t in w.new_times])
-            await add_dead_letters(conn, letters)
+            new = await add_dead_letters(conn, letters)
+            # A dead letter already stored (a redelivery, a file imported again, a replay
+            # rejected again) is counted once, like a reading stored twice.
+            known: Counter[str] = Counter()
+            for letter, counter in zip(letters, counters, strict=True):
+                fresh = letter["fingerprint"] in new
+                new.discard(letter["fingerprint"])
+                if not fresh:
+                    known[letter["reason"]] += 1
+                if counter is not None:
+                    quality[counter if fresh else (*counter[:2], "duplicate_rejection")] += 1
             await add_quality_counts(conn, dict(quality))
             await touch_devices(conn, seen)
 
@@ -539,12 +561,15 @@ class Pipeline:
             work.outcome.rejected = rejected[position]
         self.stats["messages"] += len(works)
         self.stats["readings"] += result.inserted
-        self.stats["rejections"] += len(letters)
+        self.stats["rejections"] += len(letters) - known.total()
+        self.stats["duplicate_rejections"] += known.total()
         for source, n in Counter(w.message.source for w in works).items():
             prometheus.MESSAGES.labels(source).inc(n)
         prometheus.READINGS.inc(result.inserted)
-        for letter in letters:
-            prometheus.REJECTIONS.labels(letter["reason"]).inc()
+        for reason, n in (Counter(letter["reason"] for letter in letters) - known).items():
+            prometheus.REJECTIONS.labels(reason).inc(n)
+        for reason, n in known.items():
+            prometheus.DUPLICATE_REJECTIONS.labels(reason).inc(n)
         outcomes = [w.outcome for w in works]
         if self.listeners:
             stored_before = {(e.device_id, e.metric_id, e.ts) for e in result.existing}
