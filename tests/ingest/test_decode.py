@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telemetra.ingest.decode import decode
+from telemetra.ingest.decode import MAX_MAGNITUDE, decode
 from telemetra.model import DecodeResult, Flag, Reading, Reason
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -263,7 +263,39 @@ def test_non_finite_numbers_reject_only_that_value() -> None:
 
 
 def test_finite_huge_integer_is_a_number() -> None:
-    assert values(native(b'{"a": 1' + b"0" * 300 + b"}")) == {"a": 1e300}
+    assert values(native(b'{"a": 1' + b"0" * 200 + b"}")) == {"a": 1e200}
+
+
+def test_values_too_large_to_add_up_are_rejected_alone() -> None:
+    # Two -1e308 in one minute overflowed the rollup sum, and PostgreSQL refused the whole
+    # message: now only those values are rejected, with a reason that says why.
+    r = native(
+        b'[{"ts": 1732270000, "x": -1e308, "y": 1.5},'
+        b' {"ts": 1732270001, "x": -1e308, "big": 1' + b"0" * 300 + b', "s": "2e300"},'
+        b' {"ts": 1732270002, "x": -1e250, "z": 1e250}]'
+    )
+    assert values(r, 0) == {"y": 1.5}
+    assert 1 not in {e.index for e in r.entries}
+    assert values(r, 2) == {"x": -1e250, "z": 1e250}
+    assert reasons(r) == [
+        (Reason.OUT_OF_RANGE, 0, "x"), (Reason.OUT_OF_RANGE, 1, "x"),
+        (Reason.OUT_OF_RANGE, 1, "big"), (Reason.OUT_OF_RANGE, 1, "s"),
+    ]  # fmt: skip
+    assert r.rejections[0].detail == (
+        "'x': -1e+308 is beyond ±1e+250, the largest magnitude stored "
+        "(larger values would overflow sums)"
+    )
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_every_finite_number_is_stored_or_rejected_as_out_of_range(v: float) -> None:
+    r = native(json.dumps({"ts": T0, "v": v}).encode())
+    if abs(v) <= MAX_MAGNITUDE:
+        assert values(r) == {"v": v}
+    else:
+        assert reasons(r) == [(Reason.OUT_OF_RANGE, 0, "v")]
+    # What is stored can be summed without overflow, converted (×1000) and many times over.
+    assert math.isfinite(MAX_MAGNITUDE * 1000 * 1e50)
 
 
 def test_lists_are_bad_values() -> None:
@@ -577,7 +609,7 @@ def check_never_raises(payload: bytes) -> None:
             assert e.readings
             for x in e.readings:
                 assert (x.value is None) != (x.text is None)
-                assert x.value is None or math.isfinite(x.value)
+                assert x.value is None or abs(x.value) <= MAX_MAGNITUDE
                 assert x.text is None or ("\x00" not in x.text and len(x.text) <= 1024)
                 assert x.metric and "\x00" not in x.metric
                 x.metric.encode("utf-8")
@@ -601,7 +633,7 @@ def test_never_raises_on_json(doc: Any) -> None:
     )
 
 
-finite = st.floats(allow_nan=False, allow_infinity=False)
+finite = st.floats(min_value=-MAX_MAGNITUDE, max_value=MAX_MAGNITUDE)
 names = st.text(
     st.characters(blacklist_categories=("Cc", "Cs", "Cf", "Co", "Cn", "Zl", "Zp", "Zs"))
     | st.just(" "),

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
+import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from telemetra.config import Settings
+from telemetra.ingest.pipeline import Message, Pipeline
 from telemetra.store.catalog import MetricIds, dialect_insert, now_us
-from telemetra.store.schema import devices, latest, readings, rollup_1h, rollup_1m, tenants
+from telemetra.store.schema import (
+    devices,
+    latest,
+    metrics,
+    readings,
+    rollup_1h,
+    rollup_1m,
+    tenants,
+)
 from telemetra.store.write import Row, write_readings
 
 MIN = 60_000_000
@@ -104,3 +116,55 @@ async def test_old_assigned_event_times_are_forgotten(engine: AsyncEngine) -> No
         assert await forget_event_times(conn, 5_000) >= 1
         left = await assigned_times(conn, [(device_id, "old"), (device_id, "new")])
     assert left == {(device_id, "new"): 9_000}
+
+
+async def test_values_too_large_to_sum_lose_only_themselves(engine: AsyncEngine) -> None:
+    """The issue's case: two finite -1e308 for one metric in one minute overflowed the rollup
+    sum, and PostgreSQL refused the message with its valid values ("bad_value: value out of
+    range: overflow"). Now only those two values are rejected, and the rollups stay finite."""
+    _, device_id = await make_device(engine)
+    async with engine.connect() as conn:
+        uid = (await conn.execute(select(devices.c.uid).where(devices.c.id == device_id))).scalar()
+    assert uid is not None
+    pipe = Pipeline(engine, Settings(database_url="sqlite://unused"))
+    minute_ms = (time.time_ns() // 1000 // MIN - 2) * MIN // 1000
+    body = [
+        {"ts": minute_ms + 1000, "x": -1e308, "temperature": 21.5},
+        {"ts": minute_ms + 2000, "x": -1e308, "humidity": 40},
+        {"ts": minute_ms + 3000, "x": -1e250},
+        {"ts": minute_ms + 4000, "x": -1e250},
+    ]
+    topic = f"devices/{uid}/telemetry"
+    [outcome] = await pipe.process_until_stored(
+        [Message(topic, orjson.dumps(body), time.time_ns() // 1000)]
+    )
+    assert outcome.accepted == 4
+    assert [(r.reason, r.index, r.metric) for r in outcome.rejected] == [
+        ("out_of_range", 0, "x"), ("out_of_range", 1, "x"),
+    ]  # fmt: skip
+    assert "beyond ±1e+250" in outcome.rejected[0].detail
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                select(metrics.c.name, readings.c.value)
+                .join(metrics, metrics.c.id == readings.c.metric_id)
+                .where(readings.c.device_id == device_id)
+                .order_by(readings.c.ts, metrics.c.name)
+            )
+        ).all()
+        sums = (
+            await conn.execute(
+                select(rollup_1m.c.sum, rollup_1h.c.sum)
+                .join(metrics, metrics.c.id == rollup_1m.c.metric_id)
+                .join(
+                    rollup_1h,
+                    (rollup_1h.c.device_id == rollup_1m.c.device_id)
+                    & (rollup_1h.c.metric_id == rollup_1m.c.metric_id),
+                )
+                .where(rollup_1m.c.device_id == device_id, metrics.c.name == "x")
+            )
+        ).one()
+    assert [tuple(r) for r in stored] == [
+        ("temperature", 21.5), ("humidity", 40.0), ("x", -1e250), ("x", -1e250),
+    ]  # fmt: skip
+    assert sums == (-2e250, -2e250)

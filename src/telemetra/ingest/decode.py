@@ -18,7 +18,7 @@ from typing import Any
 from telemetra.ingest.timestamps import TimestampError, parse_timestamp
 from telemetra.model import Decoded, DecodeResult, Flag, Reading, Reason, Rejection
 
-__all__ = ["MAX_DEPTH", "MAX_NAME", "MAX_TEXT", "decode"]
+__all__ = ["MAX_DEPTH", "MAX_MAGNITUDE", "MAX_NAME", "MAX_TEXT", "decode"]
 
 MAX_DEPTH = 8  # levels of nested objects flattened into one dotted metric name
 MAX_NAME = 200  # characters in a metric name (after flattening)
@@ -35,6 +35,11 @@ _SERVER = int(Flag.SERVER_TIME)
 _NAIVE = int(Flag.NAIVE_TIME)
 _INT64 = 2**63
 _MAX_FLOAT = sys.float_info.max
+# The largest magnitude stored. Rollups and queries add values up (sum, avg): with every value
+# within ±1e250, even a unit conversion (×1000 at most) and 10^50 values cannot overflow a
+# double, where two values near ±1.8e308 in one minute did (PostgreSQL refused the whole
+# batch: "value out of range: overflow"). No physical quantity comes near either bound.
+MAX_MAGNITUDE = 1e250
 
 
 class _DuplicateKey(Exception):
@@ -210,12 +215,18 @@ def _flatten(
             continue
         seen.add(name)
         if t is float:
-            if v - v == 0.0:  # false exactly for NaN and ±inf
+            if -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE:  # false for NaN and ±inf too
                 readings.append(Reading(name, ts, v, None, flags, None, unit))
                 continue
+            if v - v == 0.0:  # finite, but too large to add up
+                rejections.append(_too_large(name, v, index))
+                continue
         elif t is int:
-            if -_MAX_FLOAT <= v <= _MAX_FLOAT:
+            if -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE:
                 readings.append(Reading(name, ts, float(v), None, flags, None, unit))
+                continue
+            if -_MAX_FLOAT <= v <= _MAX_FLOAT:
+                rejections.append(_too_large(name, float(v), index))
                 continue
         elif t is bool:
             readings.append(Reading(name, ts, 1.0 if v else 0.0, None, flags, None, unit))
@@ -228,8 +239,11 @@ def _flatten(
                 except ValueError:
                     pass
                 else:
-                    if f - f == 0.0:
+                    if -MAX_MAGNITUDE <= f <= MAX_MAGNITUDE:
                         readings.append(Reading(name, ts, f, None, flags, None, unit))
+                        continue
+                    if f - f == 0.0:
+                        rejections.append(_too_large(name, f, index))
                         continue
                     if not _DIGITS.isdisjoint(s):  # "1e400" is a number too big, "-inf" is text
                         rejections.append(
@@ -253,6 +267,16 @@ def _flatten(
                 )
             continue
         rejections.append(_bad_value(name, v, index))
+
+
+def _too_large(name: str, v: float, index: int) -> Rejection:
+    return Rejection(
+        Reason.OUT_OF_RANGE,
+        f"{_show(name)}: {v:g} is beyond ±{MAX_MAGNITUDE:g}, the largest magnitude stored "
+        "(larger values would overflow sums)",
+        index,
+        name,
+    )
 
 
 def _bad_value(name: str, v: object, index: int) -> Rejection:
