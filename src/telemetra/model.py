@@ -47,6 +47,7 @@ class Reason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     OUT_OF_RANGE = "out_of_range"
+    NOT_NUMERIC = "not_numeric"  # text for a metric whose rule wants numbers (range, unit, counter)
     UNKNOWN_DEVICE = "unknown_device"
     DEVICE_MISMATCH = "device_mismatch"  # payload names another device than the topic/credential
     UNKNOWN_ROUTE = "unknown_route"

@@ -21,6 +21,7 @@ from telemetra.ingest.clean import (
     Rule,
     RuleBook,
     RuleOverride,
+    applied_offset,
     clean,
     normalise_unit,
     observe_clock,
@@ -228,11 +229,64 @@ def test_non_finite_values_rejected(value: float) -> None:
         assert rej.metric == metric
 
 
-def test_text_reading_is_not_range_checked() -> None:
-    got = accepted_one(rd("temperature", value=None, text="sensor error", unit="F"))
-    assert got.text == "sensor error"
+def test_text_for_a_metric_with_a_numeric_rule_is_rejected_as_not_numeric() -> None:
+    rej = rejected_one(rd("humidity", value=None, text="wet"))
+    assert rej.reason is Reason.NOT_NUMERIC
+    assert rej.metric == "humidity"
+    assert "'wet'" in rej.detail and "valid range [0, 100]" in rej.detail
+    rej = rejected_one(rd("temperature", value=None, text="sensor error", unit="F"))
+    assert rej.reason is Reason.NOT_NUMERIC
+
+
+def test_text_for_a_metric_without_a_numeric_rule_is_kept() -> None:
+    got = accepted_one(rd("status", value=None, text="ok"))
+    assert got.text == "ok"
     assert got.value is None
-    assert not got.flags & Flag.UNIT_CONVERTED
+
+
+def test_null_value_is_not_text() -> None:
+    got = accepted_one(rd("humidity", value=None, text=None))
+    assert got.value is None and got.text is None
+
+
+@pytest.mark.parametrize(
+    ("override", "numeric"),
+    [
+        (RuleOverride(unit="m"), True),
+        (RuleOverride(min_value=0.0), True),
+        (RuleOverride(max_value=5.0), True),
+        (RuleOverride(kind="counter"), True),
+        (RuleOverride(kind="gauge"), False),
+    ],
+)
+def test_a_stored_rule_makes_a_metric_numeric(override: RuleOverride, numeric: bool) -> None:
+    rules = RuleBook({(None, "level", None): override})
+    accepted, rejections, _ = run(rd("level", value=None, text="high"), rules=rules)
+    if numeric:
+        assert accepted == [] and [r.reason for r in rejections] == [Reason.NOT_NUMERIC]
+    else:
+        assert [r.text for r in accepted] == ["high"] and rejections == []
+
+
+NUMERIC_METRICS = sorted(DEFAULT_RULES)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(min_size=1, max_size=50),
+    metric=st.sampled_from([*NUMERIC_METRICS, "status", "state", "fw"]),
+    prefix=st.sampled_from(["", "AM2301.", "env."]),
+)
+def test_property_text_rejected_exactly_where_the_rule_is_numeric(
+    text: str, metric: str, prefix: str
+) -> None:
+    name = prefix + metric
+    accepted, rejections, _ = run(rd(name, value=None, text=text), rd("x", value=1.0))
+    numeric = metric in DEFAULT_RULES
+    assert len(accepted) == (1 if numeric else 2)
+    assert [r.reason for r in rejections] == ([Reason.NOT_NUMERIC] if numeric else [])
+    if numeric:
+        assert rejections[0].metric == name
 
 
 def test_rule_lookup_is_cached_and_stable() -> None:
@@ -671,14 +725,112 @@ def test_observe_clock_needs_min_samples_and_span() -> None:
     assert state.offset_us is None
     assert not state.offset_stable
     state = DeviceState()
-    for i in range(12):  # 4 minutes of receive time: an estimate, but no verdict yet
-        observe_clock(state, T0 + i * 20 * S, HOUR, policy)
+    for i in range(5):  # 8 s of receive time: an estimate, but no verdict yet
+        observe_clock(state, T0 + i * 2 * S, HOUR, policy)
     assert state.offset_us == HOUR
     assert not state.offset_stable
-    for i in range(12, 24):
-        observe_clock(state, T0 + i * 20 * S, HOUR, policy)
+    for i in range(5, 11):  # 20 s
+        observe_clock(state, T0 + i * 2 * S, HOUR, policy)
     assert state.offset_stable
     assert state.offset_us == HOUR
+
+
+def test_samples_that_disagree_within_the_span_give_no_verdict() -> None:
+    """Spread 3 s over 20 s is more than 10 %: wait for more receive time."""
+    policy = Policy()
+    state = DeviceState()
+    for i in range(11):
+        observe_clock(state, T0 + i * 2 * S, HOUR - (i % 2) * 3 * S, policy)
+    assert not state.offset_stable
+    for i in range(11, 20):  # 38 s: 3 s is within 10 %
+        observe_clock(state, T0 + i * 2 * S, HOUR - (i % 2) * 3 * S, policy)
+    assert state.offset_stable
+    assert state.offset_us == HOUR
+
+
+def test_window_widens_its_slots_and_keeps_the_best_sample() -> None:
+    policy = Policy()
+    state = DeviceState()
+    for i in range(10 * 60):  # 10 minutes, one sample a second, 0-2 s network delay
+        observe_clock(state, T0 + i * S, HOUR - (i * 7919 % 3) * S, policy)
+    assert state.slot_us == policy.clock_max_slot_us
+    assert len(state.offsets) <= 50
+    assert T0 + 10 * MINUTE - state.offsets[0][0] >= 6 * MINUTE
+    assert all(sample == HOUR for _, sample in list(state.offsets)[:-1])
+    assert state.offset_stable and state.offset_us == HOUR
+
+
+def test_drifting_sim_device_is_corrected_within_half_a_minute() -> None:
+    """The walkthrough's drifting device: 496 s ahead, 2.5 messages a second."""
+    state = DeviceState()
+    rng = random.Random(4)
+    first = None
+    for i in range(75):  # 30 s
+        received = T0 + i * 400_000
+        device_ts = received + 496 * S - rng.randint(0, 50_000)
+        acc, rej, _ = run(rd("temperature", device_ts), received_at=received, state=state)
+        if acc and first is None:
+            first = i
+            assert acc[0].flags & Flag.CLOCK_CORRECTED
+        if first is None:
+            assert [r.reason for r in rej] == [Reason.FUTURE_TIMESTAMP]
+    assert first is not None and first * 0.4 <= 22
+    assert state.offset_stable and state.offset_us is not None
+    assert abs(state.offset_us - 496 * S) <= S
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    offset_s=st.integers(130, 86_400) | st.integers(-86_400, -130),
+    interval_ms=st.integers(200, 10_000),
+    jitter_ms=st.integers(0, 3_000),
+    seed=st.integers(0, 2**16),
+)
+def test_property_constant_offset_with_network_jitter_converges_quickly(
+    offset_s: int, interval_ms: int, jitter_ms: int, seed: int
+) -> None:
+    """Verdict once the span covers 10x the jitter (at least 20 s) and 5 slots are in."""
+    offset = offset_s * S
+    rng = random.Random(seed)
+    state = DeviceState()
+    interval, jitter = interval_ms * 1000, jitter_ms * 1000
+    due = max(POLICY.clock_min_span_us, 10 * jitter) + 6 * max(interval, S)
+    received = T0
+    while received - T0 <= due:
+        observe_clock(state, received, offset - rng.randint(0, jitter), POLICY)
+        received += interval
+    assert state.offset_stable, (state.offset_us, list(state.offsets)[:8])
+    assert state.offset_us is not None
+    assert offset - jitter <= state.offset_us <= offset
+    assert applied_offset(state, POLICY) == state.offset_us
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    behind_s=st.integers(600, 7 * 86_400),
+    speed=st.floats(1.5, 1000.0),
+    interval_ms=st.integers(10, 5_000),
+    jitter_ms=st.integers(0, 3_000),
+    seed=st.integers(0, 2**16),
+)
+def test_property_backlog_replay_never_yields_a_verdict(
+    behind_s: int, speed: float, interval_ms: int, jitter_ms: int, seed: int
+) -> None:
+    """Device time runs ``speed`` times faster than receive time until it catches up."""
+    rng = random.Random(seed)
+    state = DeviceState()
+    interval = interval_ms * 1000
+    received = T0
+    device = T0 - behind_s * S
+    for _ in range(3000):
+        sample = device - received - rng.randint(0, jitter_ms * 1000)
+        if sample > -POLICY.clock_correct_after_us:
+            break  # caught up: from here on it is a live device
+        observe_clock(state, received, sample, POLICY)
+        assert not state.offset_stable
+        assert applied_offset(state, POLICY) == 0
+        received += interval
+        device += round(interval * speed)
 
 
 @pytest.mark.parametrize("interval", [1 * S, 5 * S])

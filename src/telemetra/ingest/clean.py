@@ -124,8 +124,12 @@ class Policy:
     late_after_us: int = 600 * US_PER_S
     clock_correct_after_us: int = 120 * US_PER_S
     clock_min_samples: int = 5
-    clock_min_span_us: int = 300 * US_PER_S  # samples must cover this much receive time
+    clock_min_span_us: int = 20 * US_PER_S  # samples must cover this much receive time
     clock_max_spread_us: int = 60 * US_PER_S
+    # Samples agree when their spread is at most this share of the receive time they cover:
+    # a replayed backlog's device time runs faster than receive time and never agrees.
+    clock_spread_per_span: float = 0.1
+    clock_max_slot_us: int = 8 * US_PER_S  # 50 slots of 8 s: a window of about 7 minutes
     gap_min_us: int = 60 * US_PER_S
 
 
@@ -143,6 +147,7 @@ class DeviceState:
 
     series: dict[str, Series] = field(default_factory=dict)
     offsets: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=50))
+    slot_us: int = US_PER_S  # slot width in ``offsets``: doubles up to ``clock_max_slot_us``
     samples: int = 0
     offset_us: int | None = None  # current clock-offset estimate (device − receive time)
     applied_us: int = 0  # the correction in force (see ``applied_offset``)
@@ -159,29 +164,39 @@ def observe_clock(state: DeviceState, received_at: int, sample_us: int, policy: 
     """Add one sample of (device time − receive time) and update the offset estimate.
 
     Network delay only ever makes the sample smaller, so a high percentile estimates the
-    true offset. A verdict needs samples over a real stretch of receive time, and it trusts
-    the estimate only when they agree (small spread): a device replaying a backlog sends
-    device times that advance much faster than the receive time and must not be
-    "corrected". Until there is enough evidence, the previous verdict stands.
+    true offset. A verdict needs at least ``clock_min_samples`` slots over
+    ``clock_min_span_us`` of receive time that agree: their spread is within
+    ``clock_spread_per_span`` of that time (and ``clock_max_spread_us``). A device
+    replaying a backlog sends device times that advance faster than the receive time, so
+    its samples never agree and it is never "corrected". Until there is enough evidence,
+    the previous verdict stands.
     """
     offsets = state.offsets
+    state.samples += 1
     # One slot per step of receive time, keeping the best (least delayed) sample, so that
     # the window spans the same time for fast and slow publishers.
-    step = policy.clock_min_span_us // 40
-    if offsets and received_at - offsets[-1][0] < step:
+    if offsets and received_at - offsets[-1][0] < state.slot_us:
         if sample_us > offsets[-1][1]:
             offsets[-1] = (offsets[-1][0], sample_us)
-    else:
-        offsets.append((received_at, sample_us))
-    state.samples += 1
-    # Re-estimating costs a sort; every few samples is plenty for a slowly moving offset.
-    if len(offsets) < policy.clock_min_samples or state.samples % 8:
+        return
+    if len(offsets) == offsets.maxlen and state.slot_us < policy.clock_max_slot_us:
+        # Full while young: merge neighbours and widen the slots, so that a verdict can
+        # come within seconds and the window still grows to minutes in the same memory.
+        pairs = iter(list(offsets))
+        merged = [(a[0], max(a[1], b[1])) for a, b in zip(pairs, pairs, strict=False)]
+        offsets.clear()
+        offsets.extend(merged)
+        state.slot_us *= 2
+    offsets.append((received_at, sample_us))
+    if len(offsets) < policy.clock_min_samples:
         return
     ordered = sorted(sample for _, sample in offsets)
     high = _percentile(ordered, 0.9)
-    if received_at - offsets[0][0] >= policy.clock_min_span_us:
+    span = received_at - offsets[0][0]
+    if span >= policy.clock_min_span_us:
+        allowed = min(policy.clock_max_spread_us, span * policy.clock_spread_per_span)
         state.offset_us = high
-        state.offset_stable = high - _percentile(ordered, 0.1) <= policy.clock_max_spread_us
+        state.offset_stable = high - _percentile(ordered, 0.1) <= allowed
     elif not state.offset_stable:
         state.offset_us = high  # for display; not applied
 
@@ -260,6 +275,13 @@ def _check_time(reading: Reading, received_at: int, policy: Policy) -> Rejection
 def _apply_rule(reading: Reading, rule: Rule) -> Rejection | None:
     value = reading.value
     if value is None:
+        if reading.text is not None and is_numeric(rule):
+            return Rejection(
+                Reason.NOT_NUMERIC,
+                f"got text {reading.text[:40]!r}; {reading.metric} takes numbers "
+                f"({describe(rule)})",
+                metric=reading.metric,
+            )
         return None
     if reading.unit and rule.unit:
         unit = normalise_unit(reading.unit)
@@ -286,6 +308,28 @@ def _apply_rule(reading: Reading, rule: Rule) -> Rejection | None:
             metric=reading.metric,
         )
     return None
+
+
+def is_numeric(rule: Rule) -> bool:
+    """True when the rule only makes sense for numbers: a valid range, a unit or a counter."""
+    return (
+        rule.min_value is not None
+        or rule.max_value is not None
+        or rule.unit is not None
+        or rule.kind == "counter"
+    )
+
+
+def describe(rule: Rule) -> str:
+    """The numeric parts of a rule in words, e.g. ``valid range [0, 100] %``."""
+    parts = []
+    if rule.min_value is not None or rule.max_value is not None:
+        parts.append(f"valid range [{_bound(rule.min_value)}, {_bound(rule.max_value)}]")
+    if rule.unit is not None:
+        parts.append(f"unit {rule.unit}")
+    if rule.kind == "counter":
+        parts.append("a counter")
+    return ", ".join(parts)
 
 
 def _bound(value: float | None) -> str:
