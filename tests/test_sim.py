@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
 from telemetra.sim import (
     FORMATS,
     Faults,
     Fleet,
+    Outcomes,
     SimError,
     SimMessage,
+    fleet_devices,
     metric_names,
     run,
 )
+from telemetra.store.database import open_database
+from telemetra.store.schema import devices, readings
+
+from conftest import stop
 
 START = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 ALL_FORMATS = ("native", "event", "chirpstack", "tele")
@@ -447,3 +459,176 @@ def test_run_reports_an_unreachable_broker() -> None:
         port = s.getsockname()[1]
     with pytest.raises(SimError, match="cannot connect"):
         run(f"mqtt://127.0.0.1:{port}", count=1)
+
+
+# --------------------------------------------------------------------------- what ingest answered
+
+
+def ack(accepted: int, *reasons: str) -> bytes:
+    rejected = [{"index": 0, "reason": r, "metric": None, "detail": ""} for r in reasons]
+    return json.dumps({"accepted": accepted, "rejected": rejected, "event_ids": []}).encode()
+
+
+def test_outcomes_count_acks_and_dead_letters() -> None:
+    out = Outcomes(expected=3, without_ack=1)
+    out.add_ack("sim-00000", ack(10))
+    out.add_ack("sim-00001", ack(9, "out_of_range"))
+    out.add_ack("sim-00001", b"not json")  # not an ack: ignored
+    assert not out.complete
+    out.add_ack("sim-00002", ack(0, "invalid_json"))
+    out.add_dead_letter("0011aa", json.dumps({"reason": "future_timestamp"}).encode())
+    assert out.complete and out.acked == 3 and out.accepted == 19
+    assert out.rejected == Counter({"out_of_range": 1, "invalid_json": 1, "future_timestamp": 1})
+    assert out.problem("mqtt://127.0.0.1:1883", 10) is None
+    summary = out.summary()
+    assert "ingest stored 19 readings; 3 of 3 messages acknowledged" in summary
+    assert "1 messages on routes without an ack topic" in summary
+
+
+def test_outcomes_name_unknown_devices_and_the_fix() -> None:
+    out = Outcomes(expected=2)
+    out.add_ack("sim-00000", ack(0, "unknown_device"))
+    out.add_ack("sim-00001", ack(0, "unknown_device"))
+    problem = out.problem("mqtt://user:secret@broker:1883", 10)
+    assert problem is not None and "\n" not in problem
+    assert "nothing was stored" in problem and "unknown_device" in problem
+    assert "--register" in problem and "TELEMETRA_AUTO_REGISTER=true" in problem
+    assert "sim-00000" in problem and "2 devices" in problem
+
+
+def test_outcomes_without_any_ack_point_at_the_ingest_worker() -> None:
+    problem = Outcomes(expected=5).problem("mqtt://user:secret@broker:1883", 10)
+    assert problem is not None
+    assert "no ingest worker answered" in problem and "mqtt://broker:1883" in problem
+    assert "secret" not in problem
+
+
+def test_outcomes_all_rejected_for_other_reasons() -> None:
+    out = Outcomes(expected=1)
+    out.add_ack("sim-00000", ack(0, "future_timestamp", "future_timestamp"))
+    problem = out.problem("mqtt://b", 10)
+    assert problem is not None and "future_timestamp 2" in problem
+
+
+def test_outcomes_on_routes_without_acks_judge_only_unknown_devices() -> None:
+    out = Outcomes(without_ack=2)
+    out.add_dead_letter("a", json.dumps({"reason": "unknown_device"}).encode())
+    assert out.problem("mqtt://b", 10) is None  # one message may have been stored
+    out.add_dead_letter("b", json.dumps({"reason": "unknown_device"}).encode())
+    assert "unknown_device" in (out.problem("mqtt://b", 10) or "")
+
+
+def test_fleet_devices_match_the_published_ids() -> None:
+    members = fleet_devices(6, ALL_FORMATS, "x", 9)
+    fleet = Fleet(6, 9, START, 1.0, Faults(), ALL_FORMATS, prefix="x")
+    assert [uid for uid, _ in members] == fleet.device_ids()
+    assert {m.device for m in fleet.messages(60)} == {uid for uid, _ in members}
+    assert [name for _, name in members] == [f"x-{i:05d}" for i in range(6)]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def start_worker(db_url: str, broker: Any, log: Path) -> subprocess.Popen[bytes]:
+    """`telemetra ingest` without auto-registration, as the walkthrough runs it."""
+    env = {
+        **os.environ,
+        "TELEMETRA_DATABASE_URL": db_url,
+        "TELEMETRA_MQTT_URL": broker.url,
+        "TELEMETRA_AUTO_REGISTER": "false",
+        "TELEMETRA_MQTT_CLIENT_ID": f"ingest-{uuid.uuid4().hex[:6]}",
+        "TELEMETRA_BATCH_MAX_WAIT_MS": "20",
+        "TELEMETRA_LOG_FORMAT": "json",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "telemetra.cli", "ingest"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while b"connected to broker" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            pytest.fail(f"ingest did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def sim_cli(db_url: str, broker: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "TELEMETRA_DATABASE_URL": db_url,
+        "TELEMETRA_MQTT_URL": broker.url,
+        "COLUMNS": "400",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "telemetra.cli", "sim", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_sim_tells_the_truth_and_register_makes_the_walkthrough_work(
+    pg_url: str, mosquitto: Any, tmp_path: Path
+) -> None:
+    prefix = f"walk{uuid.uuid4().hex[:6]}"
+    worker = start_worker(pg_url, mosquitto, tmp_path / "ingest.log")
+    run_args = ["--devices", "5", "--rate", "100", "--count", "60", "--prefix", prefix]
+    try:
+        unregistered = sim_cli(pg_url, mosquitto, *run_args, "--faults", "garbage=0.1")
+        assert unregistered.returncode == 1, unregistered.stderr
+        line = unregistered.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: nothing was stored")
+        assert "unknown_device" in line and "--register" in line
+        assert "TELEMETRA_AUTO_REGISTER=true" in line
+        assert "rejected: unknown_device 60" in unregistered.stderr
+
+        time.sleep(6)  # the worker re-asks about unknown devices after 5 s
+        registered = sim_cli(pg_url, mosquitto, *run_args, "--faults", "spike=0.2", "--register")
+        assert registered.returncode == 0, registered.stderr
+        assert "registered 5 devices in the default tenant (0 were there" in registered.stderr
+        assert "60 of 60 messages acknowledged" in registered.stderr
+        assert "rejected: out_of_range" in registered.stderr
+        stored = int(registered.stderr.split("ingest stored ")[1].split(" readings")[0])
+        assert 600 < stored < 660  # 60 messages of 10 readings + status, a few spikes
+
+        engine = await open_database(pg_url, migrate_schema=False)
+        try:
+            async with engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        select(devices.c.uid, devices.c.type, devices.c.name).where(
+                            devices.c.uid.like(f"{prefix}%")
+                        )
+                    )
+                ).all()
+                count = await conn.scalar(
+                    select(func.count())
+                    .select_from(readings.join(devices, devices.c.id == readings.c.device_id))
+                    .where(devices.c.uid.like(f"{prefix}%"))
+                )
+        finally:
+            await engine.dispose()
+        assert sorted(r.uid for r in rows) == [f"{prefix}-{i:05d}" for i in range(5)]
+        assert {r.type for r in rows} == {"sim"}
+        assert count == stored
+
+        again = sim_cli(pg_url, mosquitto, *run_args, "--register", "--seed", "2")
+        assert again.returncode == 0, again.stderr
+        assert "registered 0 devices in the default tenant (5 were there already)" in again.stderr
+    finally:
+        stop(worker)
+
+
+def test_sim_without_ingest_says_nobody_answered(mosquitto: Any, tmp_path: Path) -> None:
+    result = sim_cli(
+        f"sqlite:///{tmp_path / 'x.db'}", mosquitto, "--count", "5", "--rate", "0",
+        "--ack-wait", "1",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no ingest worker answered on the ack topics within 1 s" in result.stderr
+    quiet = sim_cli(f"sqlite:///{tmp_path / 'x.db'}", mosquitto, "--count", "5", "--ack-wait", "0")
+    assert quiet.returncode == 0, quiet.stderr

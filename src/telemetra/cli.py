@@ -128,7 +128,7 @@ def install_stop(stop: asyncio.Event) -> None:
 def ingest() -> None:
     """Run the MQTT ingest worker (shared subscription: run several)."""
     from telemetra.ingest.mqtt import MqttIngest, parse_mqtt_url
-    from telemetra.ingest.pipeline import Pipeline
+    from telemetra.ingest.pipeline import Pipeline, tune_gc
     from telemetra.store.database import wait_for_database
 
     config = settings()
@@ -150,7 +150,9 @@ def ingest() -> None:
         if engine is None:
             return
         try:
-            await MqttIngest(config, Pipeline(engine, config, routes)).run(stop)
+            pipeline = Pipeline(engine, config, routes)
+            tune_gc()
+            await MqttIngest(config, pipeline).run(stop)
         finally:
             await engine.dispose()
 
@@ -369,6 +371,9 @@ def serve(
         api = create_app(config)
     except ValueError as error:
         raise fail(str(error)) from None
+    from telemetra.ingest.pipeline import tune_gc
+
+    tune_gc()  # serve ingests over HTTP too
     uvicorn.run(
         api, host=host or config.api_host, port=port or config.api_port, log_config=None,
         proxy_headers=True,
@@ -612,8 +617,24 @@ def sim_(
     qos: Annotated[int, typer.Option(min=0, max=1)] = 1,
     processes: Annotated[int, typer.Option(help="publisher processes")] = 1,
     prefix: Annotated[str, typer.Option(help="device id prefix")] = "sim",
+    register: Annotated[
+        bool,
+        typer.Option(
+            "--register",
+            help="first create the fleet's devices (default tenant, type sim) in the "
+            "configured database; idempotent",
+        ),
+    ] = False,
+    ack_wait: Annotated[
+        float,
+        typer.Option(help="seconds to wait for ingest's acks after sending (0: don't listen)"),
+    ] = 10.0,
 ) -> None:
-    """Publish a simulated fleet (realistic signals, faults on demand) to TELEMETRA_MQTT_URL."""
+    """Publish a simulated fleet (realistic signals, faults on demand) to TELEMETRA_MQTT_URL.
+
+    Then reports what ingest stored, from its ack topics and dead letters; exits non-zero
+    when nothing was stored.
+    """
     from rich.progress import Progress
 
     from telemetra import sim
@@ -625,15 +646,32 @@ def sim_(
         chosen = sim.Faults.parse(faults)
     except ValueError as error:
         raise fail(f"--faults: {error}") from None
+    try:
+        fleet_formats, routes = tuple(formats.split(",")), routes_of(config)
+        members = sim.fleet_devices(devices, fleet_formats, prefix, seed)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    if register:
+        done = in_database(lambda conn: sim.register_fleet(conn, members), write=True)
+        console.print(
+            f"registered {done.created} devices in the default tenant "
+            f"({done.existing} were there already)"
+        )
+        if done.inactive:
+            console.print(
+                f"[yellow]{len(done.inactive)} of them are disabled[/yellow] and will be "
+                f"rejected, e.g. {done.inactive[0]!r}: `telemetra device enable ID`"
+            )
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("publishing", total=count)
         try:
             report = sim.run(
                 config.mqtt_url, devices=devices, rate=rate, duration_s=duration, count=count,
-                seed=seed, faults=chosen, formats=tuple(formats.split(",")),
+                seed=seed, faults=chosen, formats=fleet_formats,
                 metrics_per_message=metrics, qos=qos, processes=processes, prefix=prefix,
                 username=config.mqtt_username, password=config.mqtt_password,
                 progress=lambda n: progress.update(task, completed=n),
+                confirm=ack_wait > 0, routes=routes, ack_wait_s=ack_wait,
             )  # fmt: skip
         except (sim.SimError, ValueError) as error:
             raise fail(str(error)) from None
@@ -641,6 +679,17 @@ def sim_(
         f"sent {report.sent} messages in {report.elapsed_s:.1f} s ({report.rate:.0f}/s); "
         f"by kind: {dict(report.by_kind)}"
     )
+    outcomes = report.outcomes
+    if outcomes is not None:
+        if outcomes.subscribe_error:
+            console.print(
+                f"[yellow]what ingest stored is unknown:[/yellow] {outcomes.subscribe_error}"
+            )
+        elif outcomes.summary():
+            console.print(outcomes.summary(), highlight=False)
+        problem = outcomes.problem(config.mqtt_url, ack_wait)
+        if problem is not None:
+            raise fail(problem)
 
 
 @app.command("import")

@@ -718,6 +718,8 @@ class SimReport:
     unacked: int = 0  # QoS>0 publishes the broker never acknowledged
     failed: int = 0  # publishes refused by the client (not connected)
     processes: int = 1
+    by_format: dict[str, int] = field(default_factory=dict)
+    outcomes: Outcomes | None = None  # what ingest answered (``run(..., confirm=True)``)
 
     @property
     def rate(self) -> float:
@@ -731,6 +733,7 @@ class SimReport:
         self.failed += other.failed
         self.elapsed_s = max(self.elapsed_s, other.elapsed_s)
         self.by_kind = dict(Counter(self.by_kind) + Counter(other.by_kind))
+        self.by_format = dict(Counter(self.by_format) + Counter(other.by_format))
 
 
 @dataclass(frozen=True)
@@ -793,26 +796,34 @@ class _Window:
             return self.inflight
 
 
-def _connect(spec: _Spec) -> tuple[Any, _Window]:
-    """A connected paho client (network loop running) and its in-flight window."""
+def _client(
+    mqtt_url: str, username: str | None, password: str | None, client_id: str
+) -> tuple[Any, str, int]:
+    """A paho MQTT 5 client for ``mqtt_url`` (not connected yet), its host and port."""
     from paho.mqtt.client import Client
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-    url = urlsplit(spec.url)
+    url = urlsplit(mqtt_url)
     if url.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise SimError(f"unsupported MQTT URL {spec.url!r} (use mqtt://host:port or mqtts://)")
+        raise SimError(f"unsupported MQTT URL {mqtt_url!r} (use mqtt://host:port or mqtts://)")
     tls = url.scheme in ("mqtts", "ssl")
     host = url.hostname or "127.0.0.1"
     port = url.port or (8883 if tls else 1883)
     client = Client(
-        CallbackAPIVersion.VERSION2, client_id=spec.client_id, protocol=MQTTProtocolVersion.MQTTv5
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
     )
-    username = spec.username or (unquote(url.username) if url.username else None)
-    password = spec.password or (unquote(url.password) if url.password else None)
+    username = username or (unquote(url.username) if url.username else None)
+    password = password or (unquote(url.password) if url.password else None)
     if username is not None:
         client.username_pw_set(username, password)
     if tls:
         client.tls_set()
+    return client, host, port
+
+
+def _connect(spec: _Spec) -> tuple[Any, _Window]:
+    """A connected paho client (network loop running) and its in-flight window."""
+    client, host, port = _client(spec.url, spec.username, spec.password, spec.client_id)
     client.max_inflight_messages_set(0)  # our window bounds in-flight; paho's scan is O(n)
     client.max_queued_messages_set(0)
     window = _Window(spec.max_inflight)
@@ -875,6 +886,7 @@ def _publish(
         )
         deadline = t0 + spec.duration_s if spec.duration_s is not None else math.inf
         kinds: Counter[str] = Counter()
+        formats: Counter[str] = Counter()
         sent = failed = 0
         messages = fleet.messages(spec.count)
         while not stopped():
@@ -898,6 +910,7 @@ def _publish(
                 failed += 1
                 continue
             sent += 1
+            formats[msg.format] += 1
             if msg.faults:
                 kinds.update(msg.faults)
             else:
@@ -906,10 +919,266 @@ def _publish(
                 tick(sent)
         tick(sent)
         unacked = window.drain(60.0)
-        return SimReport(sent, dict(kinds), time.monotonic() - t0, unacked, failed)
+        elapsed = time.monotonic() - t0
+        return SimReport(sent, dict(kinds), elapsed, unacked, failed, by_format=dict(formats))
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+# --------------------------------------------------------------------------- registering
+
+SIM_DEVICE_TYPE = "sim"
+
+
+def fleet_devices(
+    devices: int, formats: Sequence[str] = ("native",), prefix: str = "sim", seed: int = 0
+) -> list[tuple[str, str]]:
+    """(device id, name) of every device of a fleet, as ``run`` publishes them.
+
+    ChirpStack devices are named by a DevEUI that depends on the prefix and the seed.
+    """
+    fleet = Fleet(devices, seed, 0, 1.0, Faults(), formats, 1, prefix)
+    return [(fleet.device_id(i), fleet.name(i)) for i in range(devices)]
+
+
+@dataclass(frozen=True)
+class Registered:
+    """What ``register_fleet`` did: devices created, and those that were there already."""
+
+    created: int
+    existing: int
+    inactive: list[str]  # already there, but disabled: ingest rejects them
+
+
+async def register_fleet(conn: Any, fleet: Sequence[tuple[str, str]]) -> Registered:
+    """Create the fleet's devices in the default tenant, type ``sim``; idempotent.
+
+    Devices that exist already (in any tenant) are left as they are.
+    """
+    from sqlalchemy import select
+
+    from telemetra.store.catalog import default_tenant_id, dialect_insert, now_us
+    from telemetra.store.schema import devices
+
+    tenant_id = await default_tenant_id(conn)
+    uids = [uid for uid, _ in fleet]
+    before: dict[str, str] = {}
+    for i in range(0, len(uids), 1000):  # bounded IN lists
+        query = select(devices.c.uid, devices.c.status).where(devices.c.uid.in_(uids[i : i + 1000]))
+        before.update((row.uid, row.status) for row in await conn.execute(query))
+    created = now_us()
+    rows = [
+        {"tenant_id": tenant_id, "uid": uid, "name": name, "type": SIM_DEVICE_TYPE,
+         "metadata": {"simulated": True}, "status": "active", "created_at": created}
+        for uid, name in fleet
+        if uid not in before
+    ]  # fmt: skip
+    if rows:
+        stmt = dialect_insert(conn, devices).on_conflict_do_nothing(index_elements=["uid"])
+        await conn.execute(stmt, rows)
+    inactive = sorted(uid for uid, status in before.items() if status != "active")
+    return Registered(len(rows), len(before), inactive)
+
+
+# --------------------------------------------------------------------------- what ingest answered
+
+DEADLETTER_TOPIC = "telemetra/deadletter"  # as ``telemetra.ingest.pipeline`` publishes it
+
+
+@dataclass
+class Outcomes:
+    """What the ingest pipeline answered for a run: ack-topic messages and dead letters.
+
+    A route with an ack topic answers every message there after commit (accepted count and
+    rejections); for routes without one (ChirpStack, Tasmota) only rejections are seen, on
+    ``telemetra/deadletter``.
+    """
+
+    expected: int = 0  # messages sent on routes with an ack topic
+    acked: int = 0  # ack-topic messages received for them
+    accepted: int = 0  # readings accepted, by the acks
+    rejected: Counter[str] = field(default_factory=Counter)  # rejections by reason
+    without_ack: int = 0  # messages sent on routes without an ack topic
+    unknown_devices: set[str] = field(default_factory=set)
+    subscribe_error: str | None = None  # the broker refused the ack subscriptions
+
+    def add_ack(self, device: str, payload: bytes) -> None:
+        """Count one ack-topic message of a fleet device."""
+        try:
+            body = orjson.loads(payload)
+            accepted = int(body.get("accepted", 0))
+            rejected = list(body.get("rejected", []))
+        except (ValueError, TypeError, AttributeError):
+            return  # not an ack of the contract's shape
+        self.acked += 1
+        self.accepted += accepted
+        for rejection in rejected:
+            self._reject(device, str(rejection.get("reason", "unknown")))
+
+    def add_dead_letter(self, device: str, payload: bytes) -> None:
+        """Count one dead letter of a fleet device on a route without acks."""
+        try:
+            reason = str(orjson.loads(payload).get("reason", "unknown"))
+        except (ValueError, TypeError, AttributeError):
+            return
+        self._reject(device, reason)
+
+    def _reject(self, device: str, reason: str) -> None:
+        self.rejected[reason] += 1
+        if reason == "unknown_device":
+            self.unknown_devices.add(device)
+
+    @property
+    def complete(self) -> bool:
+        """Every message sent on a route with an ack topic has been answered."""
+        return self.acked >= self.expected
+
+    def summary(self) -> str:
+        """One line: what was stored and what was rejected, by reason."""
+        parts = []
+        if self.expected:
+            parts.append(
+                f"ingest stored {self.accepted} readings; {self.acked} of {self.expected} "
+                "messages acknowledged"
+            )
+        if self.without_ack:
+            parts.append(
+                f"{self.without_ack} messages on routes without an ack topic (only their "
+                "rejections are seen)"
+            )
+        if self.rejected:
+            reasons = ", ".join(f"{r} {n}" for r, n in self.rejected.most_common())
+            parts.append(f"rejected: {reasons}")
+        return "; ".join(parts)
+
+    def problem(self, mqtt_url: str, wait_s: float) -> str | None:
+        """Why nothing was stored, and what to do — or None when something was stored."""
+        if self.subscribe_error is not None or self.accepted:
+            return None  # outcomes unknown, or something was stored
+        if self.expected:
+            if not self.acked:
+                return (
+                    f"nothing was confirmed: no ingest worker answered on the ack topics "
+                    f"within {wait_s:.0f} s; is `telemetra ingest` running against "
+                    f"{_safe_url(mqtt_url)} (same TELEMETRA_MQTT_URL and routes)?"
+                )
+        elif not self.without_ack or self.rejected["unknown_device"] < self.without_ack:
+            return None  # only routes without acks: stored readings cannot be seen
+        if self.unknown_devices:
+            example = ", ".join(sorted(self.unknown_devices)[:3])
+            return (
+                f"nothing was stored: ingest rejected the messages as unknown_device "
+                f"({len(self.unknown_devices)} devices not registered, e.g. {example}); run "
+                "again with --register, create them with `telemetra device create ID`, or "
+                "run `telemetra ingest` with TELEMETRA_AUTO_REGISTER=true"
+            )
+        reasons = ", ".join(f"{r} {n}" for r, n in self.rejected.most_common(3))
+        return (
+            f"nothing was stored: ingest rejected every reading ({reasons}); the dead letters "
+            "on `telemetra/deadletter` say why"
+        )
+
+
+def _safe_url(mqtt_url: str) -> str:
+    url = urlsplit(mqtt_url)
+    return f"{url.scheme}://{url.hostname or '127.0.0.1'}{f':{url.port}' if url.port else ''}"
+
+
+def sample_topic(fmt: str) -> str:
+    """The topic a simulated device of format ``fmt`` publishes on."""
+    return next(Fleet(1, 0, 0, 1.0, Faults(), (fmt,)).messages(1)).topic
+
+
+class _Observer:
+    """Listens on the fleet's ack topics and the dead-letter topic while a run publishes."""
+
+    def __init__(
+        self,
+        mqtt_url: str,
+        username: str | None,
+        password: str | None,
+        client_id: str,
+        devices: set[str],
+        routes: Sequence[Any],
+    ) -> None:
+        from telemetra.ingest.routes import Route, match, subscription
+
+        self.outcomes = Outcomes()
+        self._lock = threading.Lock()
+        self._devices = devices
+        self._routes = tuple(routes)
+        self._match = match
+        self._acks = [Route(r.ack, "native") for r in routes if r.ack is not None]
+        filters = sorted({subscription(r) for r in self._acks} | {DEADLETTER_TOPIC})
+        self._client, host, port = _client(mqtt_url, username, password, client_id)
+        subscribed = threading.Event()
+        connected: list[str] = []
+
+        def on_connect(c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            if reason.is_failure:
+                connected.append(str(reason))
+                subscribed.set()
+            else:
+                c.subscribe([(f, 1) for f in filters])
+
+        def on_subscribe(_c: Any, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+            refused = [str(code) for code in codes if code.is_failure]
+            if refused:
+                self.outcomes.subscribe_error = f"ack subscription refused: {refused[0]}"
+            subscribed.set()
+
+        self._client.on_connect = on_connect
+        self._client.on_subscribe = on_subscribe
+        self._client.on_message = self._on_message
+        try:
+            self._client.connect(host, port, keepalive=30)
+        except (OSError, ValueError) as exc:
+            raise SimError(f"cannot connect to MQTT broker {host}:{port}: {exc}") from None
+        self._client.loop_start()
+        if not subscribed.wait(10) or connected:
+            self.close()
+            why = connected[0] if connected else "no SUBACK within 10 s"
+            raise SimError(f"MQTT broker {host}:{port} refused the ack listener: {why}")
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        payload = bytes(msg.payload)
+        with self._lock:
+            if msg.topic == DEADLETTER_TOPIC:
+                try:
+                    letter = orjson.loads(payload)
+                    device, topic = letter.get("device"), str(letter.get("topic"))
+                except (ValueError, AttributeError):
+                    return
+                found = self._match(self._routes, topic)
+                # Rejections on routes with an ack topic are counted from the ack.
+                if device in self._devices and found is not None and found.ack_topic is None:
+                    self.outcomes.add_dead_letter(device, payload)
+                return
+            found = self._match(self._acks, msg.topic)
+            if found is not None and found.device in self._devices:
+                self.outcomes.add_ack(found.device, payload)
+
+    def expect(self, with_ack: int, without_ack: int) -> None:
+        """How many messages were sent on routes with and without an ack topic."""
+        with self._lock:
+            self.outcomes.expected = with_ack
+            self.outcomes.without_ack = without_ack
+
+    def wait(self, timeout_s: float, quiet_s: float = 0.5) -> Outcomes:
+        """Wait for the outstanding acks (at most ``timeout_s``), then a quiet moment."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.outcomes.complete or self.outcomes.subscribe_error:
+                    break
+            time.sleep(0.05)
+        time.sleep(min(quiet_s, max(0.0, deadline - time.monotonic())))
+        return self.outcomes
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
 
 
 def _worker(
@@ -961,13 +1230,19 @@ def run(
     interval_s: float | None = None,
     start_us: int | None = None,
     max_inflight: int = 1000,
+    confirm: bool = False,
+    routes: Sequence[Any] | None = None,
+    ack_wait_s: float = 10.0,
 ) -> SimReport:
     """Publish a simulated fleet to ``mqtt_url`` until ``count`` messages or ``duration_s``.
 
     ``rate`` is messages/s over all devices (0 = as fast as possible). With ``realtime_ts`` each
     payload's timestamp is its publish time; otherwise simulated time advances by ``interval_s``
     (default ``devices / rate``, or 1 s) and ends near now. At QoS>0 every publish is acknowledged
-    before returning. ``progress`` receives the running total of messages sent.
+    before returning. ``progress`` receives the running total of messages sent. With
+    ``confirm`` the run listens on its devices' ack topics (of ``routes``, default the built-in
+    ones) and on ``telemetra/deadletter``, waits up to ``ack_wait_s`` for the outstanding
+    acks and reports what ingest stored in ``SimReport.outcomes``.
     """
     if count is None and duration_s is None:
         raise ValueError("give count or duration_s: the simulator must stop by itself")
@@ -1019,9 +1294,33 @@ def run(
         )
         for i in range(processes)
     ]
-    if processes == 1:
-        return _run_inline(specs[0], progress)
-    return _run_processes(specs, progress)
+    if not confirm:
+        return (
+            _run_inline(specs[0], progress) if processes == 1 else _run_processes(specs, progress)
+        )
+    from telemetra.ingest.routes import DEFAULT_ROUTES, match
+
+    chosen = tuple(routes) if routes is not None else DEFAULT_ROUTES
+    fleet = Fleet(devices, seed, 0, 1.0, Faults(), formats, metrics_per_message, prefix)
+    observer = _Observer(
+        mqtt_url, username, password, f"{prefix}-sim-{run_tag}-acks", set(fleet.device_ids()),
+        chosen,
+    )  # fmt: skip
+    try:
+        report = (
+            _run_inline(specs[0], progress) if processes == 1 else _run_processes(specs, progress)
+        )
+        with_ack = set()
+        for fmt in set(formats):
+            found = match(chosen, sample_topic(fmt))
+            if found is not None and found.ack_topic is not None:
+                with_ack.add(fmt)
+        expected = sum(n for fmt, n in report.by_format.items() if fmt in with_ack)
+        observer.expect(expected, report.sent - expected)
+        report.outcomes = observer.wait(ack_wait_s)
+        return report
+    finally:
+        observer.close()
 
 
 def _run_inline(spec: _Spec, progress: Callable[[int], None] | None) -> SimReport:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import time
 from collections import Counter, OrderedDict, defaultdict, deque
@@ -145,6 +146,22 @@ def deadletter_payload(outcome: Outcome, rejection: Rejection, cap: int) -> byte
             "payload_size": len(outcome.message.payload),
         }
     )
+
+
+# Ingest allocates many short-lived objects (decoded payloads, readings, rows) that the
+# cyclic collector kept scanning: it took a third of the worker's CPU, full collections up
+# to 362 ms (profiled). Reference counting frees these; cycles are rare.
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Move start-up objects out of the collector's view and collect less often.
+
+    Call once start-up is done (imports, engine, app), before taking traffic.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class Abandoned(Exception):
