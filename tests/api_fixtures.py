@@ -16,8 +16,9 @@ from telemetra.api.app import create_app
 from telemetra.api.auth import hash_password
 from telemetra.config import Settings
 from telemetra.store.catalog import create_tenant, create_user
+from telemetra.store.tenancy import platform_wide
 
-SECRET = "k" * 48
+SECRET = "tests-only-signing-key-4f9c2a7e1b8d6053"  # 32+ characters, not trivial
 PASSWORD = "correct horse battery staple"
 _HASH = hash_password(PASSWORD)  # argon2 is slow on purpose: hash once for all users
 
@@ -50,11 +51,12 @@ async def make_world(
     app = create_app(settings, engine)
     tag = uuid.uuid4().hex[:8]
     names = {"a": f"a-{tag}", "b": f"b-{tag}"}
-    async with engine.begin() as conn:
-        for key, name in names.items():
-            tenant_id = await create_tenant(conn, name)
-            for role in ("owner", "operator", "viewer"):
-                await create_user(conn, tenant_id, f"{key}-{role}-{tag}", _HASH, role)
+    with platform_wide():  # set-up, as the CLI would: the app's engine itself fails closed
+        async with engine.begin() as conn:
+            for key, name in names.items():
+                tenant_id = await create_tenant(conn, name)
+                for role in ("owner", "operator", "viewer"):
+                    await create_user(conn, tenant_id, f"{key}-{role}-{tag}", _HASH, role)
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),

@@ -81,21 +81,16 @@ APP_ROLE = "telemetra_app_test"
 
 async def app_role_url(pg_url: str) -> str:
     """The test database as seen by an ordinary role (NOSUPERUSER NOBYPASSRLS) with the usual
-    privileges, as production's ``serve`` should connect: Row-Level Security applies to it."""
-    import asyncpg
+    privileges, as production's ``serve`` should connect: Row-Level Security applies to it.
+    Made as ``telemetra migrate --app-role`` makes it."""
+    from telemetra.store.database import create_engine, grant_app_role
 
-    conn = await asyncpg.connect(pg_url)
+    engine = create_engine(pg_url)
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE)
-        if not exists:
-            await conn.execute(f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS")
-        await conn.execute(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
-        await conn.execute(
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}"
-        )
-        await conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}")
+        async with engine.begin() as conn:
+            await grant_app_role(conn, APP_ROLE)
     finally:
-        await conn.close()
+        await engine.dispose()
     return pg_url.replace(PG_SERVER.split("//", 1)[1].split("@")[0] + "@", f"{APP_ROLE}@", 1)
 
 

@@ -33,6 +33,7 @@ from telemetra.api.auth import ROLES
 from telemetra.config import Settings
 from telemetra.store.database import open_database
 from telemetra.store.schema import devices, users
+from telemetra.store.tenancy import platform_wide
 
 from api_fixtures import PASSWORD, SECRET, World, assert_error, make_world
 from conftest import app_role_url
@@ -181,14 +182,17 @@ async def snapshot(scene: Scene) -> dict[str, Any]:
         reply = await c.get(f"{API}/{path}", params=params, headers=h)
         assert reply.status_code == 200, (name, reply.text)
         seen[name] = reply.json()
-    async with scene.engine.connect() as conn:
-        seen["token_hash"] = await conn.scalar(
-            select(devices.c.token_hash).where(devices.c.uid == uid)
-        )
-        rows = await conn.execute(
-            select(users.c.id, users.c.password_hash).where(users.c.tenant_id == scene.tenant_a_id)
-        )
-        seen["password_hashes"] = sorted((int(i), str(p)) for i, p in rows)
+    with platform_wide():  # the app's engine fails closed outside a request
+        async with scene.engine.connect() as conn:
+            seen["token_hash"] = await conn.scalar(
+                select(devices.c.token_hash).where(devices.c.uid == uid)
+            )
+            rows = await conn.execute(
+                select(users.c.id, users.c.password_hash).where(
+                    users.c.tenant_id == scene.tenant_a_id
+                )
+            )
+            seen["password_hashes"] = sorted((int(i), str(p)) for i, p in rows)
     return seen
 
 

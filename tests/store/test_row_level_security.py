@@ -2,32 +2,43 @@
 
 Superusers bypass RLS whatever the table says, so this connects as an ordinary application
 role, as production should (so do the API tests on PostgreSQL: see conftest's ``world``).
+RLS fails closed: a session that names no tenant sees nothing (migration 0008).
 """
 
 from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select, text
+import pytest
+from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from telemetra.store.catalog import create_device, create_tenant
 from telemetra.store.database import open_database
 from telemetra.store.schema import devices, tenants
-from telemetra.store.tenancy import TENANT_SCOPE, scope_to
+from telemetra.store.tenancy import (
+    ALL_TENANTS,
+    NO_TENANT,
+    TENANT_SCOPE,
+    platform_wide,
+    scope_to,
+)
 
 from conftest import app_role_url
 
 
 async def test_forgotten_tenant_filter_returns_nothing_of_another_tenant(pg_url: str) -> None:
+    # As serve opens it: fail closed until the work says whose it is.
     engine = await open_database(await app_role_url(pg_url), migrate_schema=False)
     tag = uuid.uuid4().hex[:8]
     mine, theirs = f"rls-a-dev-{tag}", f"rls-b-dev-{tag}"
     try:
-        async with engine.begin() as conn:  # unscoped, like the CLI
-            a = await create_tenant(conn, f"rls-a-{tag}")
-            b = await create_tenant(conn, f"rls-b-{tag}")
-            await create_device(conn, a, mine)
-            await create_device(conn, b, theirs)
+        with platform_wide():  # like the CLI
+            async with engine.begin() as conn:
+                a = await create_tenant(conn, f"rls-a-{tag}")
+                b = await create_tenant(conn, f"rls-b-{tag}")
+                await create_device(conn, a, mine)
+                await create_device(conn, b, theirs)
 
         async def visible() -> tuple[set[str], set[str]]:
             async with engine.connect() as conn:  # no tenant filter in these queries
@@ -35,17 +46,13 @@ async def test_forgotten_tenant_filter_returns_nothing_of_another_tenant(pg_url:
                 names = set((await conn.execute(select(tenants.c.name))).scalars())
             return {u for u in uids if tag in u}, {n for n in names if tag in n}
 
-        token = TENANT_SCOPE.set("")
+        token = TENANT_SCOPE.set(None)
         try:
             scope_to(a)
             assert await visible() == ({mine}, {f"rls-a-{tag}"})
-            refused = False
-            try:
+            with pytest.raises(DBAPIError, match="row-level security"):
                 async with engine.begin() as conn:
                     await create_device(conn, b, f"rls-sneak-{tag}")
-            except Exception:
-                refused = True
-            assert refused, "writing into another tenant must be refused"
             scope_to(None)  # platform admin
             assert await visible() == ({mine, theirs}, {f"rls-a-{tag}", f"rls-b-{tag}"})
             async with engine.connect() as conn:  # conditions too (the cast of '*' once failed)
@@ -57,9 +64,14 @@ async def test_forgotten_tenant_filter_returns_nothing_of_another_tenant(pg_url:
                     select(tenants.c.id).where(tenants.c.name == f"rls-a-{tag}")
                 )
                 assert named == a
+            TENANT_SCOPE.set(NO_TENANT)  # said explicitly: nothing either
+            assert await visible() == (set(), set())
         finally:
             TENANT_SCOPE.reset(token)
-        assert (await visible())[0] == {mine, theirs}  # unscoped: ingest and the CLI
+        # Unscoped on serve's engine, on a connection that was scoped before: nothing.
+        assert await visible() == (set(), set())
+        with platform_wide():
+            assert (await visible())[0] == {mine, theirs}
         async with engine.connect() as conn:
             forced = await conn.scalar(
                 text(
@@ -68,6 +80,70 @@ async def test_forgotten_tenant_filter_returns_nothing_of_another_tenant(pg_url:
                 )
             )
         assert forced == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_a_session_that_names_no_tenant_sees_nothing_and_writes_nothing(
+    pg_url: str,
+) -> None:
+    """Fail closed: the ordinary role without telemetra.tenant_id (unset or empty) sees no
+    tenant's rows and may not insert any; only an explicit '*' sees every tenant."""
+    import asyncpg
+
+    tag = uuid.uuid4().hex[:8]
+    platform = await open_database(pg_url, migrate_schema=False, tenant_scope=ALL_TENANTS)
+    try:
+        async with platform.begin() as conn:
+            tenant = await create_tenant(conn, f"closed-{tag}")
+            await create_device(conn, tenant, f"closed-dev-{tag}")
+    finally:
+        await platform.dispose()
+    url = (await app_role_url(pg_url)).replace("postgresql+asyncpg://", "postgresql://")
+    count = f"SELECT count(*) FROM devices WHERE uid = 'closed-dev-{tag}'"
+    insert = (
+        "INSERT INTO devices (tenant_id, uid, status, token_hash, created_at, metadata) "
+        f"VALUES ({tenant}, 'closed-sneak-{tag}', 'active', 'x', 0, '{{}}')"
+    )
+    for settings in ({}, {"telemetra.tenant_id": ""}):
+        conn = await asyncpg.connect(url, server_settings=settings)
+        try:
+            for table in ("tenants", "devices", "users", "readings", "latest", "dead_letters"):
+                assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+                await conn.execute(insert)
+        finally:
+            await conn.close()
+    conn = await asyncpg.connect(url, server_settings={"telemetra.tenant_id": "*"})
+    try:
+        assert await conn.fetchval(count) == 1
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(url, server_settings={"telemetra.tenant_id": str(tenant)})
+    try:
+        assert await conn.fetchval(count) == 1
+        assert await conn.fetchval("SELECT count(*) FROM tenants") == 1
+    finally:
+        await conn.close()
+
+
+async def test_platform_wide_processes_see_every_tenant_without_a_round_trip(
+    pg_url: str,
+) -> None:
+    """Ingest workers and the CLI open their engine with ALL_TENANTS: a startup parameter."""
+    engine = await open_database(
+        await app_role_url(pg_url), migrate_schema=False, tenant_scope=ALL_TENANTS
+    )
+    statements: list[str] = []
+    event.listen(
+        engine.sync_engine, "before_cursor_execute",
+        lambda _c, _cur, statement, *_: statements.append(statement),
+    )  # fmt: skip
+    try:
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT current_setting('telemetra.tenant_id')")) == "*"
+            assert await conn.scalar(select(func.count()).select_from(tenants)) >= 1
+        assert not [s for s in statements if "set_config" in s]
     finally:
         await engine.dispose()
 

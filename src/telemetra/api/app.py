@@ -19,6 +19,7 @@ from telemetra.broker.sync import BrokerSync
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Pipeline
 from telemetra.metrics import HTTP_SECONDS
+from telemetra.store.tenancy import run_platform_wide
 
 WEAK_KEY = (
     "TELEMETRA_SECRET_KEY is missing or shorter than 32 characters; make one with "
@@ -72,12 +73,15 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from telemetra.store.database import open_database
+        from telemetra.store.database import open_database, warn_if_rls_bypassed
 
         own = engine is None
+        # Fail closed: each request says whose data it works on (store.tenancy).
         app.state.engine = await open_database(settings.sqlalchemy_url) if own else engine
+        await warn_if_rls_bypassed(app.state.engine, "serve")
         app.state.http_ingest = ingest.HttpIngest(Pipeline(app.state.engine, settings), settings)
-        app.state.http_ingest.start()
+        # The ingest pipeline writes for every tenant: its task starts platform-wide.
+        run_platform_wide(app.state.http_ingest.start)
         app.state.broker_sync = (
             BrokerSync(app.state.engine, settings.broker_dir, settings.ca_folder)
             if settings.broker_dir

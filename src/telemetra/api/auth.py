@@ -22,7 +22,7 @@ from sqlalchemy import select
 from telemetra.api import errors
 from telemetra.api.errors import ApiError
 from telemetra.store.schema import users
-from telemetra.store.tenancy import scope_to
+from telemetra.store.tenancy import platform_wide, scope_to
 
 ROLES = ("viewer", "operator", "owner", "admin")  # each includes the rights of those before
 ALGORITHM = "HS256"
@@ -116,9 +116,12 @@ async def current_caller(request: Request, token: Annotated[str | None, Depends(
     request.app.state.user_limits.check(f"user:{claimed.user_id}", "user")
     # The account as stored now: a deleted or disabled user's token stops working at once,
     # a changed role or tenant applies to tokens already issued, and a changed password
-    # ends the tokens issued before it.
-    async with request.app.state.engine.connect() as conn:
-        row = (await conn.execute(select(users).where(users.c.id == claimed.user_id))).one_or_none()
+    # ends the tokens issued before it. Whichever tenant holds it now: platform-wide.
+    with platform_wide():
+        async with request.app.state.engine.connect() as conn:
+            row = (
+                await conn.execute(select(users).where(users.c.id == claimed.user_id))
+            ).one_or_none()
     if row is None or row.disabled or row.username != claimed.username or row.role not in ROLES:
         raise ApiError(
             401,
@@ -225,10 +228,11 @@ async def login(request: Request, form: Annotated[LoginForm, Form()]) -> AccessT
             "too many failed logins; try again later",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
-    async with request.app.state.engine.connect() as conn:
-        row = (
-            await conn.execute(select(users).where(users.c.username == form.username))
-        ).one_or_none()
+    with platform_wide():  # the user is found by name alone, before any tenant is known
+        async with request.app.state.engine.connect() as conn:
+            row = (
+                await conn.execute(select(users).where(users.c.username == form.username))
+            ).one_or_none()
     stored = row.password_hash if row is not None and not row.disabled else _DUMMY_HASH
     # argon2 takes ~100 ms of CPU on purpose: off the event loop.
     matches = await asyncio.to_thread(password_matches, form.password, stored)

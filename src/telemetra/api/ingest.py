@@ -20,6 +20,7 @@ from telemetra.api.errors import ApiError
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Inbox, Message, Outcome, Pipeline
 from telemetra.store import catalog
+from telemetra.store.tenancy import platform_wide
 
 router = APIRouter(
     tags=["ingest"],
@@ -154,8 +155,9 @@ async def _device_by_token(request: Request, token: str | None) -> str:
             401, "device token required in X-API-Key or Authorization: Bearer",
             headers={"WWW-Authenticate": "Bearer"},
         )  # fmt: skip
-    async with request.app.state.engine.connect() as conn:
-        row = await catalog.device_by_token(conn, token)
+    with platform_wide():  # the device is found by its token alone, before any tenant is known
+        async with request.app.state.engine.connect() as conn:
+            row = await catalog.device_by_token(conn, token)
     if row is None:
         raise ApiError(401, "unknown or disabled device token")
     request.app.state.device_limits.check(str(row.uid), "device")

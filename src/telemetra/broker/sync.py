@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra.broker.mosquitto import BrokerState, broker_state, sync_lock, sync_state
-from telemetra.store.tenancy import TENANT_SCOPE
+from telemetra.store.tenancy import ALL_TENANTS, TENANT_SCOPE
 
 log = structlog.get_logger("telemetra.broker")
 
@@ -62,6 +62,6 @@ class BrokerSync:
             return sync_state(self.out, state, self.ca_folder).reload
 
     async def _state(self) -> BrokerState:
-        TENANT_SCOPE.set("")  # every tenant's devices (this task's own context)
+        TENANT_SCOPE.set(ALL_TENANTS)  # every tenant's devices (this task's own context)
         async with self.engine.connect() as conn:
             return await broker_state(conn)

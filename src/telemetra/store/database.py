@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from telemetra.config import async_url
-from telemetra.store.tenancy import apply_scope
+from telemetra.store.tenancy import NO_TENANT, platform_wide, scope_hook
 
 log = structlog.get_logger("telemetra.database")
 
@@ -32,8 +33,13 @@ def is_sqlite(engine: AsyncEngine | AsyncConnection) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url`` (plain ``postgresql://`` and ``sqlite:///`` accepted)."""
+def create_engine(url: str, *, tenant_scope: str = NO_TENANT) -> AsyncEngine:
+    """An async engine for ``url`` (plain ``postgresql://`` and ``sqlite:///`` accepted).
+
+    ``tenant_scope`` is what work that names no tenant sees under PostgreSQL Row-Level
+    Security: nothing (``NO_TENANT``, ``serve``) or every tenant (``ALL_TENANTS``: ingest
+    workers, the CLI, migrations). See ``store.tenancy``.
+    """
     url = async_url(url)
     if url.startswith("sqlite+aiosqlite:///"):
         path = url.removeprefix("sqlite+aiosqlite:///")
@@ -42,8 +48,13 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 5})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
-    event.listen(engine.sync_engine, "checkout", apply_scope)
+    # The scope as a startup parameter: no round trip for connections that keep it.
+    settings = {"telemetra.tenant_id": tenant_scope} if tenant_scope else {}
+    engine = create_async_engine(
+        url, pool_size=5, max_overflow=5, pool_pre_ping=True,
+        connect_args={"server_settings": settings},
+    )  # fmt: skip
+    event.listen(engine.sync_engine, "checkout", scope_hook(tenant_scope))
     return engine
 
 
@@ -68,8 +79,9 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
-    async with engine.begin() as conn:
-        await conn.run_sync(upgrade)
+    with platform_wide():  # migrations may rewrite any tenant's rows
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade)
 
 
 class SchemaOutOfDate(LookupError):
@@ -102,13 +114,16 @@ async def check_schema(engine: AsyncEngine) -> None:
         )
 
 
-async def open_database(url: str, *, migrate_schema: bool | None = None) -> AsyncEngine:
+async def open_database(
+    url: str, *, migrate_schema: bool | None = None, tenant_scope: str = NO_TENANT
+) -> AsyncEngine:
     """Create the engine with the schema up to date.
 
     The embedded SQLite default migrates itself; a server database (several processes may
     start at once) is only checked, and ``telemetra migrate`` applies its migrations.
+    ``tenant_scope``: see ``create_engine``.
     """
-    engine = create_engine(url)
+    engine = create_engine(url, tenant_scope=tenant_scope)
     if migrate_schema is None:
         migrate_schema = is_sqlite(engine)
     try:
@@ -122,7 +137,9 @@ async def open_database(url: str, *, migrate_schema: bool | None = None) -> Asyn
     return engine
 
 
-async def wait_for_database(url: str, stop: asyncio.Event) -> AsyncEngine | None:
+async def wait_for_database(
+    url: str, stop: asyncio.Event, *, tenant_scope: str = NO_TENANT
+) -> AsyncEngine | None:
     """``open_database``, retried with backoff while the server is unreachable.
 
     Returns None when ``stop`` is set first. Errors that waiting cannot fix (a schema that
@@ -131,7 +148,7 @@ async def wait_for_database(url: str, stop: asyncio.Event) -> AsyncEngine | None
     delay = 1.0
     while not stop.is_set():
         try:
-            return await open_database(url)
+            return await open_database(url, tenant_scope=tenant_scope)
         except Exception as error:
             if not database_unavailable(error):
                 raise
@@ -140,3 +157,156 @@ async def wait_for_database(url: str, stop: asyncio.Event) -> AsyncEngine | None
             await asyncio.wait_for(stop.wait(), delay)
         delay = min(delay * 2, 30.0)
     return None
+
+
+def shown_url(url: str) -> str:
+    """``url`` as users write it, without its password (for messages)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(async_url(url))
+    if parsed.get_backend_name() == "sqlite":
+        return f"sqlite:///{parsed.database or ''}"
+    user = f"{parsed.username}@" if parsed.username else ""
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.get_backend_name()}://{user}{parsed.host or ''}{port}/{parsed.database or ''}"
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a server error, through SQLAlchemy's and the driver's wrappers."""
+    seen: BaseException | None = error
+    for _ in range(4):
+        if seen is None:
+            return None
+        code = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(code, str):
+            return code
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def connection_problem(error: BaseException, url: str) -> str | None:
+    """One line saying why the database at ``url`` cannot be used and what to do, or None when
+    ``error`` is not about reaching, logging in to or finding the database."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(async_url(url))
+    shown = shown_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if "unable to open database file" in str(error):
+            return f"cannot open the SQLite database {shown}: check that its folder is writable"
+        return None
+    host = parsed.host or "localhost"
+    port = f" -p {parsed.port}" if parsed.port and parsed.port != 5432 else ""
+    user, name = parsed.username or "postgres", parsed.database or ""
+    server = f"PostgreSQL at {host}:{parsed.port or 5432}"
+    state = _sqlstate(error)
+    if state == "3D000":  # invalid_catalog_name
+        return (
+            f'database "{name}" does not exist ({shown}); create it with '
+            f"`createdb -h {host}{port} -U {user} {name}` (as a role allowed to create "
+            "databases), then run `telemetra migrate`"
+        )
+    if state == "28P01":  # invalid_password
+        return (
+            f'{server} refused the password of role "{user}" ({shown}); '
+            "check the password in TELEMETRA_DATABASE_URL"
+        )
+    if state == "28000":  # invalid_authorization_specification: no such role, pg_hba refusal
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        return (
+            f'{server} refused role "{user}" ({shown}): {reason}; create the role '
+            f"(`createuser -h {host}{port} -U postgres --pwprompt {user}`) or fix "
+            "TELEMETRA_DATABASE_URL"
+        )
+    if isinstance(error, OSError | TimeoutError) and state is None:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return (
+            f"cannot reach {server} ({shown}): {reason}; is the server running and "
+            "TELEMETRA_DATABASE_URL right?"
+        )
+    return None
+
+
+async def rls_bypass_role(engine: AsyncEngine) -> str | None:
+    """The name of the role ``engine`` logs in as when it bypasses Row-Level Security
+    (superuser or BYPASSRLS); None when RLS applies to it (or on SQLite)."""
+    if is_sqlite(engine):
+        return None
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles "
+                    "WHERE rolname = current_user"
+                )
+            )
+        ).one()
+    return str(row.rolname) if row.rolsuper or row.rolbypassrls else None
+
+
+async def warn_if_rls_bypassed(engine: AsyncEngine, process: str) -> None:
+    """Log one warning when ``process`` would run unprotected by Row-Level Security."""
+    role = await rls_bypass_role(engine)
+    if role is not None:
+        log.warning(
+            f'{process} connects to PostgreSQL as "{role}", a role that bypasses Row-Level '
+            "Security (superuser or BYPASSRLS): tenant isolation rests on the application "
+            "alone. Connect as an ordinary role: `telemetra migrate --app-role telemetra_app` "
+            "(as the owner) creates one with the grants it needs",
+            role=role,
+        )
+
+
+_ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+async def grant_app_role(conn: AsyncConnection, role: str, password: str | None = None) -> bool:
+    """Create (if missing) the ordinary role ``serve`` and ingest connect as — ``LOGIN
+    NOSUPERUSER NOBYPASSRLS``, so Row-Level Security applies — and grant it what they need:
+    reading and writing the tables, using the sequences (the schema version: read only).
+
+    Run as the owner of the tables, after migrating. Default privileges cover tables that
+    later migrations (run by the same owner) create. True when the role was created.
+    Raises ValueError for an unusable name or a role that bypasses RLS.
+    """
+    if not _ROLE_NAME.fullmatch(role):
+        raise ValueError(
+            f"role name {role!r}: use lower-case letters, digits and _ (at most 63 characters)"
+        )
+    found = (
+        await conn.execute(
+            text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = :r"), {"r": role}
+        )
+    ).one_or_none()
+    if found is not None and (found.rolsuper or found.rolbypassrls):
+        raise ValueError(
+            f'role "{role}" bypasses Row-Level Security (superuser or BYPASSRLS); choose an '
+            f"ordinary role, or run `ALTER ROLE {role} NOSUPERUSER NOBYPASSRLS` first"
+        )
+    # Utility statements take no bind parameters: a literal with quotes doubled
+    # (standard_conforming_strings is on by default since PostgreSQL 9.1).
+    secret = "" if password is None else " PASSWORD '" + password.replace("'", "''") + "'"
+    created = found is None
+    if created:
+        # Concurrent creators (tests, two installers): the loser finds it made.
+        await conn.execute(
+            text(
+                f"DO $$ BEGIN CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS{secret}; "
+                "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+            )
+        )
+    elif secret:
+        await conn.execute(text(f"ALTER ROLE {role}{secret}"))
+    owner = (await conn.execute(text("SELECT current_user"))).scalar_one()
+    for sql in (
+        f"GRANT USAGE ON SCHEMA public TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        f"REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM {role}",
+        f'ALTER DEFAULT PRIVILEGES FOR ROLE "{owner}" IN SCHEMA public '
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}",
+        f'ALTER DEFAULT PRIVILEGES FOR ROLE "{owner}" IN SCHEMA public '
+        f"GRANT USAGE ON SEQUENCES TO {role}",
+    ):
+        await conn.execute(text(sql))
+    return created
