@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
+import structlog.testing
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -291,3 +292,52 @@ async def test_a_disabled_device_is_refused_once_its_cache_entry_expires(
     [second] = await pipe.process_until_stored([msg(uid, {"ts": TS_MS + 1000, "a": 2})])
     assert first.accepted == 1
     assert second.rejected[0].reason == "unknown_device"
+
+
+async def test_unknown_devices_are_warned_about_with_the_fix_at_most_once_a_minute(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipe, uid, _ = await setup(engine)
+    now = [1000.0]
+    pipe.unknown_devices.clock = lambda: now[0]
+    strangers = [f"stranger-{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
+    with structlog.testing.capture_logs() as logs:
+        # A logger made inside the capture: the module's may be cached from an earlier test.
+        monkeypatch.setattr(pipeline_module, "log", structlog.get_logger("telemetra.pipeline"))
+        await pipe.process_until_stored([msg(s, {"temperature": 20}) for s in strangers])
+        now[0] += 30
+        await pipe.process_until_stored([msg(strangers[0], {"temperature": 21})])
+        await pipe.process_until_stored([msg(uid, {"temperature": 21})])  # registered: no count
+        warnings = [e for e in logs if e["log_level"] == "warning"]
+        assert len(warnings) == 1
+        first = warnings[0]
+        assert "unregistered devices" in first["event"] and "unknown_device" in first["event"]
+        assert first["messages"] == 8 and first["devices"] == 8
+        assert first["examples"] == strangers[:5]
+        assert "telemetra device create <id>" in first["fix"]
+        assert "TELEMETRA_AUTO_REGISTER=true" in first["fix"]
+        now[0] += 31  # a minute after the first warning
+        await pipe.process_until_stored([msg(strangers[1], {"temperature": 22})])
+        warnings = [e for e in logs if e["log_level"] == "warning"]
+        assert len(warnings) == 2
+        assert warnings[1]["messages"] == 2  # since the last warning
+        assert warnings[1]["examples"] == [strangers[0], strangers[1]]
+
+
+async def test_text_for_a_numeric_metric_is_rejected_and_dead_lettered(engine: AsyncEngine) -> None:
+    pipe, uid, _ = await setup(engine)
+    [outcome] = await pipe.process_until_stored(
+        [msg(uid, {"ts": TS_MS, "humidity": "wet", "temperature": 20, "state": "ok"})]
+    )
+    assert outcome.accepted == 2
+    assert [(r.reason, r.metric) for r in outcome.rejected] == [("not_numeric", "humidity")]
+    assert sorted(row.name for row in await stored(engine, uid)) == ["state", "temperature"]
+    async with engine.connect() as conn:
+        letter = (
+            await conn.execute(select(dead_letters).where(dead_letters.c.device_uid == uid))
+        ).one()
+        device_id = await conn.scalar(select(devices.c.id).where(devices.c.uid == uid))
+        assert outcome.tenant_id is not None
+        summary = await query.quality(conn, outcome.tenant_id, int(device_id))
+    assert letter.reason == "not_numeric" and "'wet'" in letter.detail
+    assert summary is not None and summary.rejected_by_reason == {"not_numeric": 1}

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import math
 import time
 from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -164,6 +165,47 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+class UnknownDeviceWarning:
+    """Warns about messages from unregistered devices: at once, then at most every minute.
+
+    Each warning counts the messages rejected since the last one and names a few devices and
+    the fix, so that a fleet nobody registered shows in the log, not only in dead letters.
+    """
+
+    EXAMPLES = 5
+
+    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self._next_at = -math.inf
+        self._messages = 0
+        self._devices: dict[str, None] = {}  # an insertion-ordered set
+
+    def add(self, uids: Sequence[str]) -> None:
+        """Count rejected messages (one uid each) and warn if a warning is due."""
+        if not uids:
+            return
+        self._messages += len(uids)
+        for uid in uids:
+            if len(self._devices) >= 1000:
+                break
+            self._devices.setdefault(uid, None)
+        now = self.clock()
+        if now < self._next_at:
+            return
+        log.warning(
+            "messages from unregistered devices rejected (unknown_device)",
+            messages=self._messages,
+            devices=len(self._devices),
+            examples=list(self._devices)[: self.EXAMPLES],
+            fix="register them: `telemetra device create <id>` (simulated fleets: "
+            "`telemetra sim --register`), or run ingest with TELEMETRA_AUTO_REGISTER=true",
+        )
+        self._next_at = now + self.every_s
+        self._messages = 0
+        self._devices.clear()
+
+
 class Abandoned(Exception):
     """Stopping while the database is unavailable: the batch stays unacknowledged."""
 
@@ -235,6 +277,7 @@ class Pipeline:
         self._topics: dict[str, Any] = {}  # topic -> RouteMatch | None: topics repeat
         self.timings: defaultdict[str, float] = defaultdict(float)  # seconds per phase
         self.stopping = asyncio.Event()  # set: give up waiting for the database
+        self.unknown_devices = UnknownDeviceWarning()
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -580,6 +623,15 @@ class Pipeline:
         self.stats["readings"] += result.inserted
         self.stats["rejections"] += len(letters) - known.total()
         self.stats["duplicate_rejections"] += known.total()
+        self.unknown_devices.add(
+            [
+                w.outcome.device
+                for w in works
+                if w.device is None
+                and w.outcome.device is not None
+                and any(r.reason == Reason.UNKNOWN_DEVICE for r in w.outcome.rejected)
+            ]
+        )
         for source, n in Counter(w.message.source for w in works).items():
             prometheus.MESSAGES.labels(source).inc(n)
         prometheus.READINGS.inc(result.inserted)
