@@ -30,6 +30,12 @@ user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 rule_app = typer.Typer(help="Manage cleaning rules (valid range, unit, kind per metric).")
 app.add_typer(rule_app, name="rule")
+deadletter_app = typer.Typer(
+    help="List and replay dead letters (rejected messages and values).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(deadletter_app, name="deadletter")
 console = Console(stderr=True)
 # Tables go to stdout; piped output is not cut at 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -770,6 +776,170 @@ def import_(
         console.print("… all rejections are kept as dead letters (source 'import').")
     if summary.messages and not summary.accepted:
         raise fail(f"no readings accepted from {file} ({summary.rejected:,} rejected)")
+
+
+_FROM_HELP = "receive time from (inclusive): ISO-8601 with Z or an offset, epoch ms, now, -24h"
+
+
+def _dead_letter_selection(
+    tenant: str | None, device: str | None, reason: str | None, start: str | None,
+    end: str | None, replayed: bool | None = None,
+) -> Callable[[Any], Awaitable[Any]]:  # fmt: skip
+    """The selection of `deadletter list/replay`, once the tenant name is looked up."""
+    from telemetra.ingest.replay import time_window
+    from telemetra.store.catalog import tenant_id_by_name
+    from telemetra.store.deadletters import Selection
+    from telemetra.store.timerange import ParamError
+
+    try:
+        since, until = time_window(start, end, names=("--from", "--to"))
+    except ParamError as error:
+        raise fail(f"{error}; {error.problem}") from None
+
+    async def select(conn: Any) -> Selection:
+        tenant_id = await tenant_id_by_name(conn, tenant) if tenant else None
+        return Selection(tenant_id, device, reason, since, until, replayed)
+
+    return select
+
+
+_TenantOpt = Annotated[
+    str | None, typer.Option(metavar="NAME", help="only this tenant (default: all)")
+]
+_DeviceOpt = Annotated[str | None, typer.Option(metavar="ID", help="only this device id")]
+_ReasonOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="REASON",
+        help="only this reason: unknown_device, out_of_range, future_timestamp, …",
+    ),
+]
+_FromOpt = Annotated[str | None, typer.Option("--from", metavar="TIME", help=_FROM_HELP)]
+_ToOpt = Annotated[
+    str | None, typer.Option("--to", metavar="TIME", help="receive time to (exclusive), same forms")
+]
+
+
+@deadletter_app.command("list")
+def deadletter_list(
+    tenant: _TenantOpt = None,
+    device: _DeviceOpt = None,
+    reason: _ReasonOpt = None,
+    start: _FromOpt = None,
+    end: _ToOpt = None,
+    replayed: Annotated[
+        bool | None,
+        typer.Option("--replayed/--not-replayed", help="only replayed ones, or only the others"),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, metavar="N", help="at most this many, newest first")
+    ] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """List dead letters (rejected messages and values), newest first."""
+    from telemetra.ingest.timestamps import format_us
+    from telemetra.store.deadletters import page
+
+    selecting = _dead_letter_selection(tenant, device, reason, start, end, replayed)
+
+    async def letters(conn: Any) -> Any:
+        return await page(conn, await selecting(conn), limit=limit)
+
+    found = in_database(letters).items
+    if as_json:
+        for d in found:
+            print(json.dumps({
+                "id": d.id, "device": d.device_uid, "source": d.source, "topic": d.topic,
+                "reason": d.reason, "detail": d.detail, "index": d.entry_index,
+                "metric": d.metric, "payload_size": d.payload_size,
+                "received_at": format_us(d.received_at),
+                "payload": None if d.payload is None else d.payload.decode("utf-8", "replace"),
+                "replayed": None if d.replayed_at is None else {
+                    "at": format_us(d.replayed_at), "outcome": d.replay_outcome,
+                    "detail": d.replay_detail,
+                },
+            }))  # fmt: skip
+        return
+    table = Table("id", "received", "device", "reason", "detail", "replayed")
+    for d in found:
+        table.add_row(
+            str(d.id), format_us(d.received_at), d.device_uid or "", d.reason, d.detail[:120],
+            "" if d.replayed_at is None else f"{d.replay_outcome} {format_us(d.replayed_at)}",
+        )  # fmt: skip
+    out.print(table)
+    if len(found) == limit:
+        console.print(f"… the newest {limit}; --limit for more")
+
+
+@deadletter_app.command("replay")
+def deadletter_replay(
+    tenant: _TenantOpt = None,
+    device: _DeviceOpt = None,
+    reason: _ReasonOpt = None,
+    start: _FromOpt = None,
+    end: _ToOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="decode and clean only: store and mark nothing")
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="at most this many dead letters")
+    ] = None,
+) -> None:
+    """Run dead letters again through today's devices, cleaning rules and clock offsets.
+
+    For after registering a device, fixing a cleaning rule or once a device's clock offset is
+    known. Replaying twice stores nothing twice; a replayed dead letter is kept and marked
+    (stored, rejected again with the reason, or skipped: a payload cut at
+    TELEMETRA_DEADLETTER_PAYLOAD_BYTES cannot be replayed). Dead letters a replay stored are
+    not taken again. Devices are never registered by a replay.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from telemetra.ingest.replay import replay
+
+    selecting = _dead_letter_selection(tenant, device, reason, start, end)
+    config = settings()
+
+    async def go() -> Any:
+        engine = await _engine(config)
+        try:
+            async with engine.connect() as conn:
+                selection = await selecting(conn)
+            with Progress(
+                "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                TimeRemainingColumn(), console=console, transient=True,
+            ) as bar:  # fmt: skip
+                task = bar.add_task("replaying dead letters", total=None)
+                return await replay(
+                    engine, config, selection, dry_run=dry_run, limit=limit,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )  # fmt: skip
+        finally:
+            await engine.dispose()
+
+    report = run(go())
+    table = Table("dry run: nothing stored or marked" if dry_run else "replay", "")
+    table.add_row("dead letters", f"{report.dead_letters:,}")
+    table.add_row("messages replayed", f"{report.messages:,}")
+    table.add_row("readings accepted", f"{report.accepted:,}")
+    if not dry_run:
+        table.add_row("  new", f"{report.stored:,}")
+        table.add_row("  already stored", f"{report.accepted - report.stored:,}")
+    table.add_row("dead letters resolved", f"{report.resolved:,}")
+    table.add_row("rejected again", f"{sum(report.rejected.values()):,}")
+    for why, n in sorted(report.rejected.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"  {why}", f"{n:,}")
+    table.add_row("skipped", f"{sum(report.skipped.values()):,}")
+    for why, n in sorted(report.skipped.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"  {why}", f"{n:,}")
+    if report.remaining:
+        table.add_row("left for another run (--limit)", f"{report.remaining:,}")
+    out.print(table)
+    if report.skipped.get("payload_truncated"):
+        console.print(
+            "payload_truncated: only part of the payload was kept; raise "
+            "TELEMETRA_DEADLETTER_PAYLOAD_BYTES to keep whole messages from now on"
+        )
 
 
 def main() -> None:

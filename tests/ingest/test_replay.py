@@ -3,14 +3,20 @@ offsets; idempotent; replayed dead letters kept and marked; what cannot be repla
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
 
+from telemetra.cli import app
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Message, Pipeline
 from telemetra.ingest.replay import replay
@@ -211,3 +217,44 @@ async def test_replay_selects_by_tenant_device_reason_and_time(engine: AsyncEngi
     async with engine.connect() as conn:
         count = select(func.count()).where(dead_letters.c.replayed_at.is_not(None))
         assert (await conn.execute(count.where(dead_letters.c.device_uid == c))).scalar() == 0
+
+
+def test_cli_list_and_replay(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEMETRA_DATABASE_URL", db_url)
+    monkeypatch.delenv("TELEMETRA_AUTO_REGISTER", raising=False)
+    runner = CliRunner()
+    uid = f"cli-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "early.jsonl"
+    path.write_text(
+        "".join(f'{{"device": "{uid}", "ts": {TS_MS + i}, "temperature": {i}}}\n' for i in range(3))
+    )
+    result = runner.invoke(app, ["import", str(path)])
+    assert result.exit_code == 1 and "no readings accepted" in result.output
+
+    listed = runner.invoke(app, ["deadletter", "list", "--device", uid, "--json"])
+    assert listed.exit_code == 0, listed.output
+    letters = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [x["reason"] for x in letters] == ["unknown_device"] * 3
+    assert all(x["replayed"] is None for x in letters)
+
+    assert runner.invoke(app, ["device", "create", uid]).exit_code == 0
+    dry = runner.invoke(app, ["deadletter", "replay", "--device", uid, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "dry run: nothing stored or marked" in dry.stdout
+    assert re.search(r"dead letters resolved\s+│\s+3", dry.stdout), dry.stdout
+
+    done = runner.invoke(app, ["deadletter", "replay", "--device", uid, "--from", "-1h"])
+    assert done.exit_code == 0, done.output
+    assert re.search(r"  new\s+│\s+3", done.stdout), done.stdout
+    again = runner.invoke(app, ["deadletter", "replay", "--device", uid])
+    assert re.search(r"dead letters\s+│\s+0", again.stdout), again.stdout
+
+    replayed = runner.invoke(app, ["deadletter", "list", "--replayed", "--json", "--device", uid])
+    outcomes = [json.loads(line)["replayed"]["outcome"] for line in replayed.stdout.splitlines()]
+    assert outcomes == ["stored"] * 3
+    table = runner.invoke(app, ["deadletter", "list", "--not-replayed", "--device", uid])
+    assert table.exit_code == 0 and "unknown_device" not in table.stdout
+
+    bad = runner.invoke(app, ["deadletter", "replay", "--from", "yesterday"])
+    assert bad.exit_code == 1 and "`--from` is not a time" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1

@@ -26,6 +26,7 @@ from telemetra.config import Settings
 from telemetra.ingest.pipeline import Message, Pipeline
 from telemetra.ingest.routes import DEFAULT_ROUTES, parse_routes
 from telemetra.model import Rejection
+from telemetra.store import timerange
 from telemetra.store.deadletters import (
     REJECTED,
     SKIPPED,
@@ -38,7 +39,14 @@ from telemetra.store.deadletters import (
 )
 from telemetra.store.schema import dead_letters
 
-__all__ = ["SKIP_NO_DEVICE", "SKIP_TRUNCATED", "ReplayReport", "replay", "replay_pipeline"]
+__all__ = [
+    "SKIP_NO_DEVICE",
+    "SKIP_TRUNCATED",
+    "ReplayReport",
+    "replay",
+    "replay_pipeline",
+    "time_window",
+]
 
 SKIP_TRUNCATED = "payload_truncated"
 SKIP_NO_DEVICE = "no_device"
@@ -58,6 +66,24 @@ class ReplayReport:
     rejected: dict[str, int] = field(default_factory=dict)  # rejections now, by reason
     skipped: dict[str, int] = field(default_factory=dict)  # dead letters not replayed, by why
     remaining: int = 0  # selected beyond the limit: replay again for those
+
+
+def time_window(
+    start: str | None, end: str | None, names: tuple[str, str] = ("from", "to")
+) -> tuple[int | None, int | None]:
+    """``from``/``to`` of a selection (receive times; either may be open) as µs.
+
+    The forms of telemetry queries: ISO-8601 with Z or an offset, epoch ms, ``now``, ``-24h``.
+    Raises ``timerange.ParamError`` naming the parameter.
+    """
+    now = time.time_ns() // 1000
+    since = None if start is None else timerange.parse_time(start, names[0], now)
+    until = None if end is None else timerange.parse_time(end, names[1], now)
+    if since is not None and until is not None and since >= until:
+        raise timerange.ParamError(
+            names[0], f"`{names[0]}` must be before `{names[1]}`", f"{names[0]} < {names[1]}"
+        )
+    return since, until
 
 
 def replay_pipeline(engine: AsyncEngine, settings: Settings) -> Pipeline:
