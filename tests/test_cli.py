@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from telemetra.cli import app
 
-from conftest import PG_SERVER, missing
+from conftest import PG_SERVER, free_port, missing
 
 runner = CliRunner()
 
@@ -167,3 +170,179 @@ def test_device_token_cert_and_broker_config(sqlite_env: dict[str, str], tmp_pat
     passwd = (tmp_path / "broker" / "passwd").read_text()
     assert "esp-7:$7$" in passwd and "chirpstack:$7$" in passwd
     assert "user chirpstack" in (tmp_path / "broker" / "acl").read_text()
+
+
+# --- database errors, the application role, the embedded default's location -----------------
+
+
+async def _pg_admin(sql: str, database: str = "postgres") -> None:
+    conn = await asyncpg.connect(f"{PG_SERVER}/{database}")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def fresh_pg() -> Iterator[str]:
+    """An empty PostgreSQL database (not migrated), dropped afterwards: its URL."""
+    name = f"telemetra_cli_{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except OSError:
+        missing("PostgreSQL")
+    yield f"{PG_SERVER}/{name}"
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _one_line(out: str) -> str:
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+KEY = "Zq3v-t8WmX1pLr5Yc0NbK7sHdJ2fGa9E"  # 32 characters, not trivial
+
+
+def test_a_missing_database_is_one_line_that_says_how_to_create_it(fresh_pg: str) -> None:
+    name = f"telemetra_none_{uuid.uuid4().hex[:8]}"
+    env = {"TELEMETRA_DATABASE_URL": f"{PG_SERVER}/{name}", "TELEMETRA_SECRET_KEY": KEY}
+    for command in (["migrate"], ["device", "list"], ["tenant", "list"], ["serve"]):
+        code, out = invoke(env, *command)
+        line = _one_line(out)
+        assert code == 1, (command, out)
+        assert f'database "{name}" does not exist' in line, line
+        assert f"createdb -h 127.0.0.1 -U postgres {name}" in line, line
+    role = f"nobody_{uuid.uuid4().hex[:8]}"
+    env["TELEMETRA_DATABASE_URL"] = fresh_pg.replace("postgres@", f"{role}:pw@")
+    code, out = invoke(env, "device", "list")
+    line = _one_line(out)
+    assert code == 1 and f'role "{role}" does not exist' in line and "createuser" in line, line
+    assert ":pw@" not in line  # never the password
+    env["TELEMETRA_DATABASE_URL"] = f"postgresql://u:secret@127.0.0.1:{free_port()}/x"
+    for command in (["migrate"], ["device", "list"], ["serve"]):
+        code, out = invoke(env, *command)
+        line = _one_line(out)
+        assert code == 1 and "cannot reach PostgreSQL at 127.0.0.1" in line, line
+        assert "secret" not in line
+
+
+def test_a_refused_password_names_the_role_not_the_password() -> None:
+    from telemetra.store.database import connection_problem
+
+    url = "postgresql://app:hunter2@db.example:6543/telemetra"
+    error = asyncpg.InvalidPasswordError('password authentication failed for user "app"')
+    line = connection_problem(error, url)
+    assert line is not None and "hunter2" not in line
+    assert 'refused the password of role "app"' in line
+    assert "postgresql://app@db.example:6543/telemetra" in line
+    assert connection_problem(ValueError("no such tenant"), url) is None
+
+
+def test_migrate_creates_the_application_role_that_rls_applies_to(fresh_pg: str) -> None:
+    role = f"telemetra_app_{uuid.uuid4().hex[:8]}"
+    env = {"TELEMETRA_DATABASE_URL": fresh_pg}
+    as_app = fresh_pg.replace("postgres@", f"{role}:app-password-1@")
+    try:
+        code, out = invoke(env, "migrate", "--app-role", role, "--app-password", "app-password-1")
+        assert code == 0, out
+        assert f"role {role} created" in out and f"postgresql://{role}@" in out, out
+
+        async def check() -> None:
+            conn = await asyncpg.connect(as_app)  # trust: the password is not checked here
+            try:
+                row = await conn.fetchrow(
+                    "SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles "
+                    "WHERE rolname = current_user"
+                )
+                assert tuple(row) == (False, False, True)
+                assert await conn.fetchval("SELECT count(*) FROM tenants") == 0  # fails closed
+                await conn.execute("SELECT set_config('telemetra.tenant_id', '*', false)")
+                assert await conn.fetchval("SELECT count(*) FROM tenants") == 1  # default
+                await conn.execute("INSERT INTO tenants (name, created_at) VALUES ('t2', 0)")
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute("UPDATE alembic_version SET version_num = 'x'")
+                # A table a later migration (same owner) creates is covered too.
+                await _pg_admin(
+                    "CREATE TABLE later (id bigserial PRIMARY KEY)", fresh_pg.rsplit("/", 1)[1]
+                )
+                await conn.execute("INSERT INTO later DEFAULT VALUES")
+            finally:
+                await conn.close()
+
+        asyncio.run(check())
+        code, out = invoke(env, "migrate", "--app-role", role)  # again: idempotent
+        assert code == 0 and f"role {role} exists" in out, out
+        code, out = invoke({"TELEMETRA_DATABASE_URL": as_app}, "tenant", "list")
+        assert code == 0 and "t2" in out, out  # the CLI works platform-wide as that role
+        code, out = invoke(env, "migrate", "--app-role", "postgres")
+        assert code == 1 and "bypasses Row-Level Security" in _one_line(out)
+        code, out = invoke(env, "migrate", "--app-role", "Bad-Name")
+        assert code == 1 and "role name" in _one_line(out)
+    finally:
+        asyncio.run(_pg_admin(f"DROP OWNED BY {role} CASCADE", fresh_pg.rsplit("/", 1)[1]))
+        asyncio.run(_pg_admin(f"DROP ROLE IF EXISTS {role}"))
+
+
+def test_a_trivial_secret_key_is_refused_in_one_line(sqlite_env: dict[str, str]) -> None:
+    from pydantic import ValidationError
+
+    from telemetra.config import Settings
+
+    for trivial in ("changeme" * 4, "k" * 48, "abcdefghijk" * 3):
+        with pytest.raises(ValidationError, match="trivial"):
+            Settings(secret_key=trivial)
+        code, out = invoke({**sqlite_env, "TELEMETRA_SECRET_KEY": trivial}, "serve")
+        line = _one_line(out)
+        assert code == 1 and line.startswith("error: invalid configuration: TELEMETRA_SECRET_KEY")
+        assert "secrets.token_urlsafe" in line
+    Settings(secret_key=KEY)
+    code, out = invoke({**sqlite_env, "TELEMETRA_SECRET_KEY": ""}, "serve")  # missing
+    line = _one_line(out)
+    assert code == 1 and "secrets.token_urlsafe" in line and "demo" not in line, line
+
+
+def test_the_embedded_default_says_where_it_is_on_stderr(
+    sqlite_env: dict[str, str], tmp_path: Path
+) -> None:
+    where = (tmp_path / "data" / "telemetra.db").resolve()
+    for command in (["device", "list", "--json"], ["tenant", "list"], ["migrate"]):
+        result = runner.invoke(app, command, env=sqlite_env)
+        assert result.exit_code == 0, result.output
+        assert f"using SQLite database {where} (TELEMETRA_DATA_DIR to change)" in result.stderr
+        assert result.stderr.count("using SQLite") == 1
+        assert "using SQLite" not in result.stdout
+    result = runner.invoke(app, ["device", "list", "--json"], env=sqlite_env)
+    assert result.stdout == ""  # no devices: nothing but JSON lines on stdout
+    env = {**sqlite_env, "TELEMETRA_DATABASE_URL": f"sqlite:///{tmp_path / 'other.db'}"}
+    result = runner.invoke(app, ["tenant", "list"], env=env)
+    assert result.exit_code == 0 and "using SQLite" not in result.output  # configured: no note
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    """Every command under ``group`` (a typer group): its path and the command."""
+    yield path, group
+    context = typer.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
+        if hasattr(command, "list_commands"):
+            yield from _commands(command, (*path, name))
+        elif command is not None:
+            yield (*path, name), command
+
+
+def test_help_shows_flags_as_flags_and_whole_environment_variable_names() -> None:
+    import typer.main
+
+    checked = 0
+    for path, command in _commands(typer.main.get_command(app)):
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, (path, result.output)
+        text = result.output
+        assert "<bool>" not in text, (path, text)
+        for param in command.params:
+            envvar = getattr(param, "envvar", None)
+            if param.param_type_name == "option" and envvar and param.show_envvar:
+                assert str(envvar) in text, (path, envvar, text)
+        checked += 1
+    assert checked > 15

@@ -17,18 +17,23 @@ from rich.table import Table
 from telemetra import __version__
 from telemetra.config import Settings
 
+# Plain click help (rich_markup_mode=None) for every group: the rich panels show flags as
+# taking a value ("--json <bool>") and cut environment variable names at 80 columns.
 app = typer.Typer(
     help="Telemetra: IoT telemetry — ingest, clean, store and query device time series.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
-device_app = typer.Typer(help="Manage devices.", no_args_is_help=True)
+tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True, rich_markup_mode=None)
+device_app = typer.Typer(help="Manage devices.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(device_app, name="device")
-user_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+user_app = typer.Typer(help="Manage users.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(user_app, name="user")
-rule_app = typer.Typer(help="Manage cleaning rules (valid range, unit, kind per metric).")
+rule_app = typer.Typer(
+    help="Manage cleaning rules (valid range, unit, kind per metric).", rich_markup_mode=None
+)
 app.add_typer(rule_app, name="rule")
 deadletter_app = typer.Typer(
     help="List and replay dead letters (rejected messages and values).",
@@ -41,6 +46,7 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
 T = TypeVar("T")
 CURRENT_FOLDER = Path()
+_told_where = False  # the embedded database's location: said once per command
 
 
 def fail(message: str) -> typer.Exit:
@@ -50,24 +56,55 @@ def fail(message: str) -> typer.Exit:
 
 
 def settings() -> Settings:
+    from pydantic import ValidationError
+
     try:
         return Settings()
-    except Exception as error:  # pydantic ValidationError: show which variable is wrong
-        raise fail(f"invalid configuration: {error}") from None
+    except ValidationError as error:  # one line naming each variable that is wrong
+        problems = "; ".join(
+            f"TELEMETRA_{'_'.join(map(str, e['loc'])).upper()}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
+        raise fail(f"invalid configuration: {problems}") from None
+
+
+def database_url(config: Settings) -> str:
+    """The configured database; the embedded default says where it is (once per command, on
+    stderr: ``--json`` output stays clean), as it depends on the working directory."""
+    global _told_where
+    if not config.database_url and not _told_where:
+        _told_where = True
+        path = (config.data_dir / "telemetra.db").resolve()
+        console.print(
+            f"using SQLite database {path} (TELEMETRA_DATA_DIR to change)",
+            highlight=False, markup=False, soft_wrap=True,
+        )  # fmt: skip
+    return config.sqlalchemy_url
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; turn expected failures into one-line errors."""
+    from telemetra.store.database import connection_problem
+
     try:
         return asyncio.run(coro)
-    except (ValueError, LookupError, OSError) as error:
-        raise fail(str(error)) from None
+    except Exception as error:
+        # A database that cannot be reached, logged in to or found: say which and what to do.
+        problem = connection_problem(error, settings().sqlalchemy_url)
+        if problem is not None:
+            raise fail(problem) from None
+        if isinstance(error, ValueError | LookupError | OSError):
+            raise fail(str(error)) from None
+        raise
 
 
 async def _engine(config: Settings) -> Any:
     from telemetra.store.database import open_database
+    from telemetra.store.tenancy import ALL_TENANTS
 
-    return await open_database(config.sqlalchemy_url)
+    # The CLI administers the whole installation: every tenant (Row-Level Security).
+    return await open_database(database_url(config), tenant_scope=ALL_TENANTS)
 
 
 def in_database(work: Callable[[Any], Awaitable[T]], *, write: bool = False) -> T:
@@ -98,6 +135,8 @@ def main_options(
     ] = False,
 ) -> None:
     """Telemetra: IoT telemetry — ingest, clean, store and query device time series."""
+    global _told_where
+    _told_where = False
     config = settings()
     from telemetra.logs import configure
 
@@ -105,22 +144,61 @@ def main_options(
 
 
 @app.command()
-def migrate(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
-    """Apply database migrations (TELEMETRA_DATABASE_URL)."""
-    from telemetra.store.database import create_engine
+def migrate(
+    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+    app_role: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ROLE",
+            help="PostgreSQL: also create (if missing) the ordinary role (NOSUPERUSER "
+            "NOBYPASSRLS) that serve and ingest connect as, so Row-Level Security applies, "
+            "and grant it the tables (run as their owner; repeat after upgrades)",
+        ),
+    ] = None,
+    app_password: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PASSWORD",
+            envvar="TELEMETRA_APP_ROLE_PASSWORD",
+            help="with --app-role: its login password (set or changed)",
+        ),
+    ] = None,
+) -> None:
+    """Apply database migrations (TELEMETRA_DATABASE_URL), as the owner of the tables."""
+    from telemetra.store.database import create_engine, grant_app_role, is_sqlite, shown_url
     from telemetra.store.database import migrate as apply
+    from telemetra.store.tenancy import ALL_TENANTS
 
     config = settings()
+    url = database_url(config)
+    if app_password and not app_role:
+        raise fail("--app-password needs --app-role")
 
-    async def go() -> None:
-        engine = create_engine(config.sqlalchemy_url)
+    async def go() -> bool | None:
+        engine = create_engine(url, tenant_scope=ALL_TENANTS)
         try:
+            if app_role and is_sqlite(engine):
+                raise ValueError("--app-role is for PostgreSQL (SQLite has no roles)")
             await apply(engine, revision)
+            if not app_role:
+                return None
+            async with engine.begin() as conn:
+                return await grant_app_role(conn, app_role, app_password)
         finally:
             await engine.dispose()
 
-    run(go())
+    created = run(go())
     console.print(f"database at revision {revision}")
+    if app_role:
+        from sqlalchemy.engine import make_url
+
+        role_url = make_url(url).set(username=app_role, password="")
+        console.print(
+            f"role {app_role} {'created' if created else 'exists'}, granted the tables; "
+            f"connect serve and ingest as {shown_url(role_url.render_as_string(False))}"
+            + ("" if app_password else " (set its password with --app-password)"),
+            highlight=False, markup=False, soft_wrap=True,
+        )  # fmt: skip
 
 
 def install_stop(stop: asyncio.Event) -> None:
@@ -136,8 +214,10 @@ def ingest() -> None:
     from telemetra.ingest.mqtt import MqttIngest, parse_mqtt_url
     from telemetra.ingest.pipeline import Pipeline, tune_gc
     from telemetra.store.database import wait_for_database
+    from telemetra.store.tenancy import ALL_TENANTS
 
     config = settings()
+    url = database_url(config)
     try:
         parse_mqtt_url(config.mqtt_url)
         routes = routes_of(config)
@@ -152,7 +232,8 @@ def ingest() -> None:
     async def go() -> None:
         stop = asyncio.Event()
         install_stop(stop)
-        engine = await wait_for_database(config.sqlalchemy_url, stop)
+        # Ingest writes for every tenant: its connections start platform-wide (no round trip).
+        engine = await wait_for_database(url, stop, tenant_scope=ALL_TENANTS)
         if engine is None:
             return
         try:
@@ -371,12 +452,19 @@ def serve(
     import uvicorn
 
     from telemetra.api.app import create_app
+    from telemetra.store.database import open_database
 
     config = settings()
     try:
         api = create_app(config)
     except ValueError as error:
         raise fail(str(error)) from None
+
+    async def check() -> None:  # a database that is missing or behind: one line, not a trace
+        engine = await open_database(database_url(config))
+        await engine.dispose()
+
+    run(check())
     from telemetra.ingest.pipeline import tune_gc
 
     tune_gc()  # serve ingests over HTTP too

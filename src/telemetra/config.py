@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     default_timezone: str = "UTC"
     auto_register: bool = False
     secret_key: str | None = Field(
-        None, description="signs user tokens; at least 32 characters outside demo mode"
+        None,
+        description="signs user tokens; at least 32 characters outside demo mode, not a "
+        "repeated pattern, at least 8 different characters",
     )
     token_ttl_s: int = Field(3600, ge=60, description="lifetime of user access tokens")
     api_host: str = "127.0.0.1"
@@ -82,6 +84,17 @@ class Settings(BaseSettings):
         120.0, ge=0, description="correct device time when |offset| exceeds this"
     )
 
+    @field_validator("secret_key")
+    @classmethod
+    def _not_trivial(cls, value: str | None) -> str | None:
+        if value and trivial_secret(value):
+            raise ValueError(
+                "this key is trivial (a repeated pattern or fewer than 8 different "
+                "characters); make one with "
+                '`python -c "import secrets; print(secrets.token_urlsafe(48))"`'
+            )
+        return value
+
     @field_validator("default_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -111,3 +124,11 @@ def async_url(url: str) -> str:
         if url.startswith(plain):
             return driver + url[len(plain) :]
     return url
+
+
+def trivial_secret(key: str) -> bool:
+    """True for a key anyone could guess whatever its length: one pattern repeated
+    ("changeme" * 4) or fewer than 8 different characters ("k" * 48). A random key of 32
+    characters (even hex) has about 14 different ones."""
+    repeated = len(key) > 1 and key in (key + key)[1:-1]
+    return repeated or len(set(key)) < 8

@@ -8,6 +8,7 @@ RLS fails closed: a session that names no tenant sees nothing (migration 0008).
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select, text
@@ -182,3 +183,26 @@ async def test_a_reference_cannot_pair_one_tenant_with_another_tenants_device(
                 assert stored is allowed, (table.name, tenant)
     finally:
         await engine.dispose()
+
+
+async def test_serve_warns_once_when_its_role_bypasses_rls(pg_url: str, tmp_path: Any) -> None:
+    from structlog.testing import capture_logs
+
+    from telemetra.api.app import create_app
+    from telemetra.config import Settings
+
+    from api_fixtures import SECRET
+
+    for url, warned in ((pg_url, True), (await app_role_url(pg_url), False)):
+        app = create_app(Settings(database_url=url, secret_key=SECRET, data_dir=tmp_path))
+        with capture_logs() as logs:
+            async with app.router.lifespan_context(app):
+                pass
+        warnings = [e for e in logs if e["log_level"] == "warning" and "Row-Level" in e["event"]]
+        if warned:
+            assert len(warnings) == 1, logs
+            assert warnings[0]["role"] == "postgres"
+            assert '"postgres"' in warnings[0]["event"]
+            assert "telemetra migrate --app-role" in warnings[0]["event"]
+        else:
+            assert warnings == [], logs

@@ -23,8 +23,7 @@ from telemetra.store.tenancy import run_platform_wide
 
 WEAK_KEY = (
     "TELEMETRA_SECRET_KEY is missing or shorter than 32 characters; make one with "
-    '`python -c "import secrets; print(secrets.token_urlsafe(48))"` '
-    "(or run the demo, which keeps its own)"
+    '`python -c "import secrets; print(secrets.token_urlsafe(48))"` and export it'
 )
 
 

@@ -152,7 +152,10 @@ async def wait_for_database(
         except Exception as error:
             if not database_unavailable(error):
                 raise
-            log.warning("database unavailable; waiting", retry_in_s=delay, error=str(error)[:200])
+            log.warning(
+                "database unavailable; waiting",
+                database=shown_url(url), retry_in_s=delay, error=str(error)[:200],
+            )  # fmt: skip
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
         delay = min(delay * 2, 30.0)
