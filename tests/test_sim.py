@@ -481,7 +481,9 @@ def test_outcomes_count_acks_and_dead_letters() -> None:
     assert out.rejected == Counter({"out_of_range": 1, "invalid_json": 1, "future_timestamp": 1})
     assert out.problem("mqtt://127.0.0.1:1883", 10) is None
     summary = out.summary()
-    assert "ingest stored 19 readings; 3 of 3 messages acknowledged" in summary
+    assert "ingest accepted 19 readings (duplicates included); 3 of 3 messages acknowledged" in (
+        summary
+    )
     assert "1 messages on routes without an ack topic" in summary
 
 
@@ -592,7 +594,7 @@ async def test_sim_tells_the_truth_and_register_makes_the_walkthrough_work(
         assert "registered 5 devices in the default tenant (0 were there" in registered.stderr
         assert "60 of 60 messages acknowledged" in registered.stderr
         assert "rejected: out_of_range" in registered.stderr
-        stored = int(registered.stderr.split("ingest stored ")[1].split(" readings")[0])
+        stored = int(registered.stderr.split("ingest accepted ")[1].split(" readings")[0])
         assert 600 < stored < 660  # 60 messages of 10 readings + status, a few spikes
 
         engine = await open_database(pg_url, migrate_schema=False)
@@ -628,7 +630,16 @@ def test_sim_without_ingest_says_nobody_answered(mosquitto: Any, tmp_path: Path)
         f"sqlite:///{tmp_path / 'x.db'}", mosquitto, "--count", "5", "--rate", "0",
         "--ack-wait", "1",
     )  # fmt: skip
-    assert result.returncode == 1
-    assert "no ingest worker answered on the ack topics within 1 s" in result.stderr
-    quiet = sim_cli(f"sqlite:///{tmp_path / 'x.db'}", mosquitto, "--count", "5", "--ack-wait", "0")
+    assert result.returncode == 1, result.stderr
+    assert "no ingest worker answered on the ack topics within 1 s" in result.stderr, result.stderr
+    quiet = sim_cli(
+        f"sqlite:///{tmp_path / 'x.db'}",
+        mosquitto,
+        "--count",
+        "5",
+        "--rate",
+        "0",
+        "--ack-wait",
+        "0",
+    )
     assert quiet.returncode == 0, quiet.stderr

@@ -1039,8 +1039,8 @@ class Outcomes:
         parts = []
         if self.expected:
             parts.append(
-                f"ingest stored {self.accepted} readings; {self.acked} of {self.expected} "
-                "messages acknowledged"
+                f"ingest accepted {self.accepted} readings (duplicates included); {self.acked} "
+                f"of {self.expected} messages acknowledged"
             )
         if self.without_ack:
             parts.append(
