@@ -780,7 +780,7 @@ def sim_(
                 f"[yellow]what ingest stored is unknown:[/yellow] {outcomes.subscribe_error}"
             )
         elif outcomes.summary():
-            console.print(outcomes.summary(), highlight=False)
+            console.print(outcomes.summary(), highlight=False, soft_wrap=True)
         problem = outcomes.problem(config.mqtt_url, ack_wait)
         if problem is not None:
             raise fail(problem)
