@@ -16,14 +16,17 @@ import pytest
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from telemetra.api import accounts, auth, devices, errors, health, ingest, telemetry
+from telemetra.api import accounts, auth, deadletters, devices, errors, health, ingest, telemetry
 from telemetra.api.app import create_app
 from telemetra.config import Settings
 from telemetra.store import timerange
 
 from api_fixtures import SECRET
 
-MODULES: tuple[ModuleType, ...] = (accounts, auth, devices, errors, health, ingest, telemetry)
+MODULES: tuple[ModuleType, ...] = (
+    *(accounts, auth, deadletters, devices),
+    *(errors, health, ingest, telemetry),
+)
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 REF = "#/components/schemas/"
 ERROR_REF = f"{REF}ErrorOut"
@@ -298,7 +301,7 @@ def test_examples_are_what_the_code_reads_and_writes() -> None:
     """A few examples checked against the code that reads or writes such values."""
     history = telemetry.HistoryOut.model_json_schema()["examples"][0]
     assert telemetry.query._decode_cursor(history["next_cursor"], "h1", 2)  # cursors that work
-    dead_letters = telemetry.DeadLetterPage.model_json_schema()["examples"][0]
+    dead_letters = deadletters.DeadLetterPage.model_json_schema()["examples"][0]
     assert telemetry.query._decode_cursor(dead_letters["next_cursor"], "d1", 1)
     for aggregate in telemetry.AggregateOut.model_json_schema()["examples"]:
         if "tz" in aggregate:

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra import __version__
-from telemetra.api import accounts, auth, devices, errors, health, ingest, telemetry
+from telemetra.api import accounts, auth, deadletters, devices, errors, health, ingest, telemetry
 from telemetra.api.limits import RateLimiter
 from telemetra.broker.mosquitto import read_state
 from telemetra.broker.sync import BrokerSync
@@ -117,6 +117,7 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
     api.include_router(accounts.router)
     api.include_router(devices.router)
     api.include_router(telemetry.router)
+    api.include_router(deadletters.router)
     api.include_router(ingest.router)  # last: its /{device_token}/telemetry matches broadly
     app.include_router(health.router)
     app.include_router(api)

@@ -1,4 +1,5 @@
-"""Telemetry queries: raw history, aggregates, latest values, quality, dead letters, export."""
+"""Telemetry queries: raw history, aggregates, latest values, quality, export (dead letters:
+``api.deadletters``)."""
 
 from __future__ import annotations
 
@@ -212,49 +213,6 @@ class QualityOut(BaseModel):
     clock_offset_s: float | None = Field(
         description="estimated device clock − server clock, seconds", examples=[-0.8]
     )
-
-
-class DeadLetterOut(BaseModel):
-    id: int = Field(examples=[42])
-    device: str | None = Field(description="null: the device was not known", examples=["gh-1"])
-    source: str = Field(examples=["mqtt"])
-    topic: str | None = Field(examples=["devices/gh-1/telemetry"])
-    reason: str = Field(examples=["out_of_range"])
-    detail: str = Field(examples=["temperature 6000 is outside [-60, 150] C"])
-    index: int | None = Field(description="entry of an array payload", examples=[1])
-    payload: str | None = Field(
-        description="raw payload as UTF-8 text (invalid bytes as U+FFFD), size-capped",
-        examples=['{"temperature": 6000}'],
-    )
-    payload_size: int = Field(description="size of the original payload in bytes", examples=[21])
-    received_at: str = Field(examples=["2026-11-22T10:00:01Z"])
-
-
-class DeadLetterPage(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "items": [
-                        {"id": 42, "device": "gh-1", "source": "mqtt",
-                         "topic": "devices/gh-1/telemetry", "reason": "out_of_range",
-                         "detail": "6000 outside the valid range [-90, 200] °C", "index": 1,
-                         "payload": '[{"temperature": 21.5}, {"temperature": 6000}]',
-                         "payload_size": 46, "received_at": "2026-11-22T10:00:01Z"},
-                        {"id": 41, "device": "gh-1", "source": "mqtt",
-                         "topic": "devices/gh-1/telemetry", "reason": "invalid_json",
-                         "detail": "invalid JSON: Expecting value at line 1 column 17 (char 16)",
-                         "index": None, "payload": '{"temperature": }', "payload_size": 17,
-                         "received_at": "2026-11-22T09:59:00Z"},
-                    ],
-                    "next_cursor": "ZDE6NDE",
-                }
-            ]
-        }
-    )  # fmt: skip
-
-    items: list[DeadLetterOut]
-    next_cursor: str | None = Field(examples=[None])
 
 
 # --- parameters -------------------------------------------------------------------------------
@@ -635,54 +593,6 @@ async def device_quality(
         rejected_by_reason=summary.rejected_by_reason,
         last_seen=None if summary.last_seen is None else format_us(summary.last_seen),
         clock_offset_s=None if summary.clock_offset_us is None else summary.clock_offset_us / US,
-    )
-
-
-@router.get(
-    "/deadletters", response_model=DeadLetterPage, tags=["quality"], summary="List dead letters"
-)
-async def list_dead_letters(
-    request: Request,
-    caller: Annotated[Caller, role("viewer")],
-    device: Annotated[
-        str | None, Query(description="device uid", examples=["greenhouse-1"])
-    ] = None,
-    reason: Annotated[
-        str | None,
-        Query(
-            description="rejection reason: invalid_json, bad_shape, out_of_range, "
-            "future_timestamp, unknown_device, conflict …",
-            examples=["out_of_range"],
-        ),
-    ] = None,
-    limit: LimitParam = 100,
-    cursor: CursorParam = None,
-) -> DeadLetterPage:
-    """Rejected messages and values of the caller's tenant with reason and payload, newest first."""
-    async with request.app.state.engine.connect() as conn:
-        try:
-            page = await query.dead_letters(
-                conn, scope(caller), device_uid=device, reason=reason, limit=limit, cursor=cursor
-            )
-        except ValueError as error:
-            raise _cursor_error(error) from None
-    return DeadLetterPage(
-        items=[
-            DeadLetterOut(
-                id=d.id,
-                device=d.device_uid,
-                source=d.source,
-                topic=d.topic,
-                reason=d.reason,
-                detail=d.detail,
-                index=d.entry_index,
-                payload=None if d.payload is None else d.payload.decode("utf-8", "replace"),
-                payload_size=d.payload_size,
-                received_at=format_us(d.received_at),
-            )
-            for d in page.items
-        ],
-        next_cursor=page.next_cursor,
     )
 
 
