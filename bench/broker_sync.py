@@ -47,7 +47,7 @@ def main() -> None:
     )
     try:
         deadline = time.monotonic() + 10
-        while not (out / "mosquitto.pid").exists():
+        while not (out / "run" / "mosquitto.pid").exists():
             if time.monotonic() > deadline:
                 raise SystemExit("Mosquitto did not start")
             time.sleep(0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import shutil
 import stat
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +28,7 @@ from conftest import free_port, stop
 INGEST_PW = "ingest-secret"
 WILDCARD_PW = "wildcard-secret"
 CHIRPSTACK_PW = "chirpstack-secret"
+MONITOR_PW = "monitor-secret"
 QUIET_S = 1.0  # how long "nothing arrives" is watched
 
 
@@ -72,6 +74,11 @@ def password_broker(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> I
         chirpstack_password=CHIRPSTACK_PW,
         user=getpass.getuser(),
     )
+    # A test-only observer that may read everything: what reaches the broker, by whom.
+    with (base / "out" / "passwd").open("a") as passwd:
+        passwd.write(f"monitor:{mosquitto_hash(MONITOR_PW)}\n")
+    with (base / "out" / "acl").open("a") as acl:
+        acl.write("\nuser monitor\ntopic read #\n")
     running = start_broker(base / "out", port, ca)
     yield running
     stop(running.process)
@@ -112,6 +119,13 @@ def _ingest(broker: Running, clients: list[Client]) -> Client:
     return c
 
 
+def _monitor(broker: Running, clients: list[Client]) -> Client:
+    c = Client(broker.port, ca=broker.ca_file, username="monitor", password=MONITOR_PW)
+    clients.append(c)
+    c.subscribe("#")
+    return c
+
+
 def test_device_publishes_on_its_own_topics(
     password_broker: Running, fleet: Fleet, clients: list[Client]
 ) -> None:
@@ -133,16 +147,45 @@ def test_device_publishes_on_its_own_topics(
     device.subscribe(f"devices/{fleet.a}/acks")
     ingest.publish(f"devices/{fleet.a}/acks", '{"accepted": 1}')
     device.wait_for(f"devices/{fleet.a}/acks", '{"accepted": 1}')
-    ingest.subscribe("telemetra/deadletter")
+    monitor = _monitor(password_broker, clients)
     ingest.publish("telemetra/deadletter", "{}")
-    ingest.wait_for("telemetra/deadletter", "{}")
+    monitor.wait_for("telemetra/deadletter", "{}")
+
+
+def test_ingest_user_reads_telemetry_and_writes_only_acks_and_dead_letters(
+    password_broker: Running, fleet: Fleet, clients: list[Client]
+) -> None:
+    monitor = _monitor(password_broker, clients)
+    ingest = _ingest(password_broker, clients)
+    ingest.subscribe("#")  # reads only what its ACL grants, whatever it asks for
+    device = _device(password_broker, fleet, fleet.a, clients)
+    device.subscribe(f"devices/{fleet.a}/acks")
+    forged = [
+        f"devices/{fleet.a}/telemetry",  # a device's telemetry: it could forge readings
+        f"qs/v1/{fleet.a}/events",
+        f"tele/{fleet.a}/SENSOR",
+        f"application/7/device/{fleet.a}/event/up",
+        f"devices/{fleet.a}/commands",
+        "$SYS/broker/forged",
+        "other/topic",
+    ]
+    for topic in forged:
+        ingest.publish(topic, '{"forged": 1}')
+    ingest.publish(f"devices/{fleet.a}/acks", '{"accepted": 0}')
+    ingest.publish("telemetra/deadletter", '{"marker": 1}')
+    got = monitor.wait_for("telemetra/deadletter", '{"marker": 1}') + monitor.receive(QUIET_S)
+    assert [topic for topic, _ in got] == [f"devices/{fleet.a}/acks", "telemetra/deadletter"]
+    # It reads telemetry, not the acks it writes or what is not telemetry.
+    device.publish(f"devices/{fleet.a}/telemetry", '{"t": 1}')
+    device.publish(f"devices/{fleet.a}/telemetry", '{"t": 2}')
+    got = ingest.wait_for(f"devices/{fleet.a}/telemetry", '{"t": 2}') + ingest.receive(QUIET_S)
+    assert {topic for topic, _ in got} == {f"devices/{fleet.a}/telemetry"}
 
 
 def test_device_cannot_publish_for_another_device(
     password_broker: Running, fleet: Fleet, clients: list[Client]
 ) -> None:
-    ingest = _ingest(password_broker, clients)
-    ingest.subscribe("#")
+    ingest = _monitor(password_broker, clients)
     device = _device(password_broker, fleet, fleet.a, clients)
     device.publish(f"devices/{fleet.b}/telemetry", '{"forged": 1}')
     device.publish(f"qs/v1/{fleet.b}/events", '{"forged": 2}')
@@ -156,10 +199,9 @@ def test_device_cannot_publish_for_another_device(
 
 
 def test_chirpstack_publishes_uplinks_and_nothing_of_the_devices(
-    password_broker: Running, fleet: Fleet, clients: list[Client]
+    password_broker: Running, fleet: Fleet, clients: list[Client], tmp_path: Path
 ) -> None:
-    ingest = _ingest(password_broker, clients)
-    ingest.subscribe("#")
+    ingest = _monitor(password_broker, clients)
     chirpstack = Client(password_broker.port, ca=password_broker.ca_file, username="chirpstack",
                         password=CHIRPSTACK_PW)  # fmt: skip
     clients.append(chirpstack)
@@ -169,9 +211,13 @@ def test_chirpstack_publishes_uplinks_and_nothing_of_the_devices(
     chirpstack.publish(uplink, '{"object": {"t": 1}}')
     got = ingest.wait_for(uplink, '{"object": {"t": 1}}') + ingest.receive(QUIET_S)
     assert got == [(uplink, b'{"object": {"t": 1}}')]
-    # The section outlives a sync, and no device may take the service's name.
-    out = password_broker.out
-    result = sync_accounts(out, [*fleet.accounts, ("chirpstack", mosquitto_hash("x"))])
+    # The section outlives a sync, and no device may take the service's name (on a copy:
+    # the running broker keeps the test's monitor).
+    out = tmp_path / "copy"
+    shutil.copytree(password_broker.out, out, ignore=shutil.ignore_patterns("data", "run"))
+    result = sync_accounts(
+        out, [*fleet.accounts, ("chirpstack", mosquitto_hash("x"))], reload=False
+    )
     assert ("chirpstack", "device id equals a service's username") in result.skipped
     acl = (out / "acl").read_text().splitlines()
     assert acl[acl.index("user chirpstack") + 1] == "topic readwrite application/#"
@@ -286,7 +332,7 @@ def test_device_certificate_logs_in_as_its_device(
                     key=out / "ingest.key")  # fmt: skip
     clients.append(ingest)
     assert ingest.connected()
-    ingest.subscribe("#")
+    ingest.subscribe("devices/+/telemetry")
 
     def cert_files(ca: DeviceCA, uid: str, name: str) -> tuple[Path, Path]:
         cert, key = issue_client_cert(ca, uid)

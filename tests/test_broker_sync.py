@@ -42,7 +42,7 @@ def _broker(base: Path, *, mtls: bool = False) -> Running:
     )  # fmt: skip
     running = start_broker(base / "broker", port, ca)
     deadline = time.monotonic() + 5
-    while not (running.out / "mosquitto.pid").exists():  # the pid file is how reloads find it
+    while not (running.out / "run" / "mosquitto.pid").exists():  # how reloads find it
         assert time.monotonic() < deadline, "Mosquitto wrote no pid file"
         time.sleep(0.02)
     return running

@@ -211,7 +211,7 @@ def install_stop(stop: asyncio.Event) -> None:
 @app.command()
 def ingest() -> None:
     """Run the MQTT ingest worker (shared subscription: run several)."""
-    from telemetra.ingest.mqtt import MqttIngest, parse_mqtt_url
+    from telemetra.ingest.mqtt import BrokerRefused, MqttIngest, parse_mqtt_url
     from telemetra.ingest.pipeline import Pipeline, tune_gc
     from telemetra.store.database import wait_for_database
     from telemetra.store.tenancy import ALL_TENANTS
@@ -243,7 +243,10 @@ def ingest() -> None:
         finally:
             await engine.dispose()
 
-    run(go())
+    try:
+        run(go())
+    except BrokerRefused as error:  # only configuration can fix it: say what, and stop
+        raise fail(str(error)) from None
 
 
 def routes_of(config: Settings) -> Any:
@@ -470,7 +473,7 @@ def serve(
     tune_gc()  # serve ingests over HTTP too
     uvicorn.run(
         api, host=host or config.api_host, port=port or config.api_port, log_config=None,
-        proxy_headers=True,
+        proxy_headers=False,  # the app reads X-Forwarded-For from TELEMETRA_TRUSTED_PROXIES only
     )  # fmt: skip
 
 
@@ -637,17 +640,28 @@ def broker_config(
     hostname: Annotated[
         list[str] | None, typer.Option(help="names/IPs in the server certificate (repeat)")
     ] = None,
-    tls_port: Annotated[int, typer.Option(help="TLS listener port")] = 8883,
+    tls_port: Annotated[
+        int, typer.Option(help="TLS listener port (must be free, or this broker's own)")
+    ] = 8883,
     plain_port: Annotated[
-        int | None, typer.Option(help="also listen without TLS (default: no plain TCP)")
+        int | None,
+        typer.Option(help="also listen without TLS, e.g. 1883 (default: no plain TCP)"),
     ] = None,
     mtls: Annotated[
         bool, typer.Option(help="require client certificates (CN = device id)")
     ] = False,
     bind: Annotated[str, typer.Option(help="listener address")] = "0.0.0.0",  # noqa: S104
-    user: Annotated[str | None, typer.Option(help="system user Mosquitto runs as")] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(help="system user Mosquitto switches to when started as root (mosquitto)"),
+    ] = None,
 ) -> None:
-    """Write a Mosquitto configuration (TLS/mTLS, passwords, ACL) for the registered devices."""
+    """Write a Mosquitto configuration (TLS/mTLS, passwords, ACL) for the registered devices.
+
+    Works as root (Mosquitto then runs as --user, which gets read access to its files) and as
+    an ordinary user. The ingest user may read the telemetry topics of TELEMETRA_ROUTES and
+    write their acks and dead letters; payloads over TELEMETRA_MAX_PAYLOAD_BYTES are refused.
+    """
     from telemetra.broker.mosquitto import broker_state, split_accounts, write_config
     from telemetra.certs import DeviceCA
     from telemetra.store.catalog import devices_without_broker_password
@@ -680,6 +694,7 @@ def broker_config(
             hostnames=hostname or ["localhost", "127.0.0.1"], tls_port=tls_port,
             plain_port=plain_port, require_certificate=mtls, ingest_password=ingest_password,
             chirpstack_password=chirpstack_password, user=user, bind=bind,
+            routes=routes_of(config), max_payload_bytes=config.max_payload_bytes,
         )  # fmt: skip
     except ValueError as error:
         raise fail(str(error)) from None
@@ -693,6 +708,21 @@ def broker_config(
     console.print(
         f"{conf} written for {len(accounts) - len(skipped)} devices; "
         f"see {out / 'RELOAD.txt'} for reloading a running Mosquitto"
+    )
+    folder = conf.parent
+    login = (
+        f"TELEMETRA_MQTT_CERT_FILE={folder / 'ingest.crt'} "
+        f"TELEMETRA_MQTT_KEY_FILE={folder / 'ingest.key'}"
+        if mtls
+        else "TELEMETRA_MQTT_PASSWORD=<the --ingest-password>"
+    )
+    console.print(
+        f"start it: mosquitto -c {conf} -d\n"
+        f"ingest:   TELEMETRA_MQTT_URL=mqtts://<host>:{tls_port} "
+        f"TELEMETRA_MQTT_USERNAME=telemetra-ingest {login} "
+        f"TELEMETRA_MQTT_CA_FILE={folder / 'ca.pem'} telemetra ingest",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -864,6 +894,292 @@ def import_(
         console.print("… all rejections are kept as dead letters (source 'import').")
     if summary.messages and not summary.accepted:
         raise fail(f"no readings accepted from {file} ({summary.rejected:,} rejected)")
+
+
+@app.command("export")
+def export_(
+    device: Annotated[str, typer.Argument(metavar="DEVICE", help="the device's id")],
+    out_path: Annotated[
+        str,
+        typer.Option(
+            "--out", metavar="FILE", help="file to write (replaced when complete); - for stdout"
+        ),
+    ],
+    start: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            metavar="TIME",
+            help="start (inclusive): ISO-8601 with Z or an offset, epoch ms, now, or -30m/-24h/-7d",
+        ),
+    ] = "-24h",
+    end: Annotated[
+        str, typer.Option("--to", metavar="TIME", help="end (exclusive), same forms")
+    ] = "now",
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", metavar="NAME", help="only this metric; repeatable"),
+    ] = None,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            metavar="csv|jsonl|parquet",
+            help="default: from the --out suffix, else csv",
+        ),
+    ] = None,
+) -> None:
+    """Export a device's raw readings to a file that `telemetra import` reads back.
+
+    The same files as `GET /api/v1/devices/{id}/export`: CSV and Parquet with the columns
+    device,ts,metric,value,text,unit,flags,ts_device,received_at; JSON lines in the native
+    event form. By event time, streamed, with progress on stderr.
+    """
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+
+    from telemetra.store import export, timerange
+    from telemetra.store.catalog import get_device
+
+    to_stdout = out_path == "-"
+    path = Path(out_path)
+    fmt = (format or ("csv" if to_stdout else path.suffix.lstrip(".") or "csv")).lower()
+    fmt = {"ndjson": "jsonl", "pq": "parquet"}.get(fmt, fmt)
+    if fmt not in export.FORMATS:
+        what = f"format {format!r}" if format else f"file suffix {path.suffix!r}"
+        raise fail(f"unknown {what}; expected csv, jsonl or parquet (use --format)")
+    try:
+        s, e = timerange.time_range(start, end, names=("--from", "--to"))
+    except timerange.ParamError as error:
+        hint = f"; {error.problem}" if error.problem.startswith("expected") else ""
+        raise fail(f"{error}{hint}") from None
+    config = settings()
+
+    async def go() -> export.Export:
+        engine = await _engine(config)
+        try:
+            async with engine.connect() as conn:
+                found = await get_device(conn, device, None)
+            if found is None:
+                raise LookupError(f"no device {device!r} (telemetra device list shows them)")
+            readings = export.Export(
+                engine, int(found.tenant_id), int(found.id), device, found.type, s, e,
+                metrics=list(dict.fromkeys(metric)) if metric else None,
+            )  # fmt: skip
+            if to_stdout:
+                await export.write_file(readings, fmt, sys.stdout.buffer)
+                return readings
+            partial = path.with_name(path.name + ".part")
+            with Progress(
+                "[progress.description]{task.description}", BarColumn(), TaskProgressColumn(),
+                "{task.fields[rows]:,} readings", TimeRemainingColumn(), console=console,
+                transient=True,
+            ) as bar:  # fmt: skip
+                task = bar.add_task(f"exporting {device}", total=e - s, rows=0)
+
+                def progress(done: export.Export) -> None:
+                    bar.update(task, completed=done.reached - s, rows=done.rows)
+
+                try:
+                    with partial.open("wb") as f:
+                        await export.write_file(readings, fmt, f, progress)
+                    os.replace(partial, path)
+                except BaseException:
+                    partial.unlink(missing_ok=True)  # never leave half a file behind
+                    raise
+            return readings
+        finally:
+            await engine.dispose()
+
+    started = time.monotonic()
+    try:
+        done = run(go())
+    except export.ParquetUnavailable as error:
+        raise fail(str(error)) from None
+    where = "stdout" if to_stdout else f"{path} ({path.stat().st_size:,} bytes)"
+    console.print(
+        f"exported {done.rows:,} readings of {device} ({fmt}) to {where} in "
+        f"{time.monotonic() - started:.1f} s",
+        highlight=False, markup=False, soft_wrap=True,
+    )  # fmt: skip
+
+
+@app.command("readings")
+def readings_(
+    device: Annotated[str, typer.Argument(metavar="DEVICE", help="the device's id")],
+    start: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            metavar="TIME",
+            help="start (inclusive): ISO-8601 with Z or an offset, epoch ms, now, or -30m/-24h/-7d",
+        ),
+    ] = "-1h",
+    end: Annotated[
+        str, typer.Option("--to", metavar="TIME", help="end (exclusive), same forms")
+    ] = "now",
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", metavar="NAME", help="only this metric; repeatable"),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, metavar="N", help="at most this many readings, oldest first")
+    ] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="CSV in `telemetra export`'s columns (imports back)")
+    ] = False,
+) -> None:
+    """Show a device's stored readings in a time range (no `serve` needed).
+
+    By event time, oldest first; value with its unit, and the quality flags of each reading.
+    For whole ranges to a file, see `telemetra export`.
+    """
+    import csv
+
+    from telemetra.ingest.timestamps import format_us
+    from telemetra.model import flag_names
+    from telemetra.store import export
+
+    if as_json and as_csv:
+        raise fail("choose one of --json and --csv")
+    s, e = _time_range(start, end)
+    config = settings()
+
+    async def go() -> tuple[export.Export, list[Any], bool]:
+        engine = await _engine(config)
+        try:
+            found = await _find_device(engine, device)
+            chosen = export.Export(
+                engine, int(found.tenant_id), int(found.id), device, found.type, s, e,
+                metrics=list(dict.fromkeys(metric)) if metric else None,
+                page_size=min(limit + 1, export.PAGE),
+            )  # fmt: skip
+            rows: list[Any] = []
+            async for page in chosen.pages():  # the last page read tells whether there is more
+                rows.extend(page)
+                if len(rows) > limit:
+                    break
+            return chosen, rows[:limit], len(rows) > limit
+        finally:
+            await engine.dispose()
+
+    found, rows, more = run(go())
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(export.COLUMNS)
+        for r in rows:
+            flags = export.FLAG_SEPARATOR.join(flag_names(r.flags))
+            writer.writerow(
+                (
+                    device, format_us(r.ts), r.metric, "" if r.value is None else repr(r.value),
+                    r.text or "", found.unit(r) or "", flags,
+                    "" if r.ts_device is None else format_us(r.ts_device), format_us(r.received_at),
+                )
+            )  # fmt: skip
+    elif as_json:
+        for r in rows:
+            entry = {
+                "device": device, "ts": format_us(r.ts), "metric": r.metric,
+                "value": r.text if r.value is None else r.value, "unit": found.unit(r),
+                "flags": flag_names(r.flags),
+            }  # fmt: skip
+            print(json.dumps(entry, ensure_ascii=False))
+    else:
+        table = Table("time (UTC)", "metric", "value", "unit", "flags")
+        for r in rows:
+            value = r.text if r.value is None else f"{r.value:g}"
+            table.add_row(
+                format_us(r.ts), r.metric, value, found.unit(r) or "", " ".join(flag_names(r.flags))
+            )
+        out.print(table)
+    if more:
+        console.print(
+            f"only the first {limit:,} readings; raise --limit or narrow --from/--to",
+            highlight=False, markup=False,
+        )  # fmt: skip
+    elif not rows:
+        console.print(
+            f"no readings of {device} from {format_us(s)} to {format_us(e)}",
+            highlight=False, markup=False,
+        )  # fmt: skip
+
+
+@app.command("latest")
+def latest_(
+    devices: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[DEVICE]...", help="these devices (default: every device)"),
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", metavar="NAME", help="only this metric; repeatable"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """Show the newest value of each metric of each device (no `serve` needed)."""
+    from telemetra.ingest.timestamps import format_us
+    from telemetra.model import flag_names
+    from telemetra.store import query
+
+    config = settings()
+
+    async def go() -> list[Any]:
+        engine = await _engine(config)
+        try:
+            ids = None
+            if devices:
+                ids = [int((await _find_device(engine, uid)).id) for uid in devices]
+            async with engine.connect() as conn:
+                return await query.latest(
+                    conn, None, device_ids=ids, metrics=list(metric) if metric else None
+                )
+        finally:
+            await engine.dispose()
+
+    values = run(go())
+    if as_json:
+        for v in values:
+            entry = {
+                "device": v.device_uid, "metric": v.metric, "ts": format_us(v.ts),
+                "value": v.text if v.value is None else v.value, "flags": flag_names(v.flags),
+                "received_at": format_us(v.received_at),
+            }  # fmt: skip
+            print(json.dumps(entry, ensure_ascii=False))
+        return
+    table = Table("device", "metric", "value", "time (UTC)", "flags")
+    for v in values:
+        value = v.text if v.value is None else f"{v.value:g}"
+        table.add_row(v.device_uid, v.metric, value, format_us(v.ts), " ".join(flag_names(v.flags)))
+    out.print(table)
+    if not values:
+        console.print("no values stored yet", highlight=False, markup=False)
+
+
+def _time_range(start: str, end: str) -> tuple[int, int]:
+    """``--from``/``--to`` as µs since the epoch, or a one-line error."""
+    from telemetra.store import timerange
+
+    try:
+        return timerange.time_range(start, end, names=("--from", "--to"))
+    except timerange.ParamError as error:
+        hint = f"; {error.problem}" if error.problem.startswith("expected") else ""
+        raise fail(f"{error}{hint}") from None
+
+
+async def _find_device(engine: Any, uid: str) -> Any:
+    """Device ``uid`` in any tenant (the CLI is platform-wide); LookupError if there is none."""
+    from telemetra.store.catalog import get_device
+
+    async with engine.connect() as conn:
+        found = await get_device(conn, uid, None)
+    if found is None:
+        raise LookupError(f"no device {uid!r} (telemetra device list shows them)")
+    return found
 
 
 _FROM_HELP = "receive time from (inclusive): ISO-8601 with Z or an offset, epoch ms, now, -24h"

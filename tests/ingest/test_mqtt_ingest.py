@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import signal
@@ -20,16 +21,27 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from telemetra.broker import write_config
+from telemetra.certs import DeviceCA, issue_client_cert
+from telemetra.credentials import mosquitto_hash
+from telemetra.ingest.mqtt import diagnose_error, diagnose_refusal, parse_mqtt_url
 from telemetra.store.database import open_database
 from telemetra.store.schema import dead_letters, devices, readings, rollup_1m
 
-from conftest import PG_SERVER, Broker, TcpProxy, stop
+from broker_fixtures import Client, Running, mosquitto_exe, start_broker
+from conftest import PG_SERVER, Broker, TcpProxy, free_port, stop
 
 NOW_MS = int(time.time() * 1000) - 60_000
 
 
 def start_ingest(
-    db_url: str, broker: Broker, client_id: str, log: Path, *, wait: bool = True
+    db_url: str,
+    broker: Broker,
+    client_id: str,
+    log: Path,
+    *,
+    wait: bool = True,
+    extra: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`telemetra ingest` as a subprocess; by default returns once it is connected."""
     env = {
@@ -40,6 +52,7 @@ def start_ingest(
         "TELEMETRA_MQTT_CLIENT_ID": client_id,
         "TELEMETRA_BATCH_MAX_WAIT_MS": "20",
         "TELEMETRA_LOG_FORMAT": "json",
+        **(extra or {}),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "telemetra.cli", "ingest"],
@@ -393,3 +406,190 @@ async def test_worker_waits_for_the_database_at_start(
         finally:
             stop(proc)
             await engine.dispose()
+
+
+async def count_letters(engine: AsyncEngine, prefix: str) -> int:
+    async with engine.connect() as conn:
+        return int(
+            await conn.scalar(
+                select(func.count())
+                .select_from(dead_letters)
+                .where(dead_letters.c.device_uid.like(f"{prefix}%"))
+            )
+            or 0
+        )
+
+
+async def test_retained_messages_are_not_stored_again_on_reconnect(
+    db_url: str, mosquitto: Broker, publisher: Publisher, ingest_log: Path
+) -> None:
+    """A retained reading without time or event id, and Tasmota's retained LWT: each stored
+    (or dead-lettered) once when published, however often the worker reconnects."""
+    p = f"ret{uuid.uuid4().hex[:6]}"
+    worker = start_ingest(db_url, mosquitto, f"ingest-{p}", ingest_log)
+    engine = await open_database(db_url, migrate_schema=False)
+
+    def retain(topic: str, payload: str) -> None:
+        publisher.client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+
+    try:
+        retain(f"devices/{p}-r/telemetry", '{"level": 1}')
+        retain(f"tele/{p}-t/LWT", "Online")
+        retain(f"tele/{p}-t/SENSOR", '{"AM2301": {"Temperature": 21.0}}')
+        assert await wait_rows(engine, p, 2) >= 2  # the LWT may be a reading or a dead letter
+        await asyncio.sleep(0.5)
+        stored = (await count_rows(engine, p), await count_letters(engine, p))
+        assert sum(stored) == 3
+        # Reconnects: the same persistent session twice, then a fresh session (new client id).
+        for i, client_id in enumerate((f"ingest-{p}", f"ingest-{p}", f"ingest-{p}-fresh")):
+            stop(worker)
+            log = ingest_log.with_name(f"ingest-{i}.log")  # start_ingest waits for its line
+            worker = start_ingest(db_url, mosquitto, client_id, log)
+            await asyncio.sleep(1.0)
+            assert (await count_rows(engine, p), await count_letters(engine, p)) == stored
+        # A retained publish while connected is a reading like any other.
+        retain(f"devices/{p}-r/telemetry", '{"level": 2}')
+        assert await wait_rows(engine, p, stored[0] + 1) == stored[0] + 1
+    finally:
+        stop(worker)
+        await engine.dispose()
+        for topic in (f"devices/{p}-r/telemetry", f"tele/{p}-t/LWT", f"tele/{p}-t/SENSOR"):
+            retain(topic, "")  # clear the broker's copies
+
+
+INGEST_PW = "ingest-secret"
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Running, str]]:
+    """A broker from `broker-config` (least-privilege ACL; mTLS when the test's parameter says
+    so), with one device account; yields it and the device's token."""
+    mosquitto_exe()
+    mtls = getattr(request, "param", False)
+    ca = DeviceCA.load_or_create(tmp_path / "ca")
+    port, plain = free_port(), free_port()
+    token = "device-token-" + uuid.uuid4().hex
+    uid = f"tls{uuid.uuid4().hex[:6]}"
+    write_config(
+        tmp_path / "broker", [(uid, mosquitto_hash(token))], ca, tls_port=port, plain_port=plain,
+        require_certificate=mtls, ingest_password=INGEST_PW, user=getpass.getuser(),
+    )  # fmt: skip
+    running = start_broker(tmp_path / "broker", port, ca)
+    yield running, f"{uid}:{token}"
+    stop(running.process)
+
+
+def broker_env(broker: Running, *, cert: bool, password: str = INGEST_PW) -> dict[str, str]:
+    """README step 5: the ingest worker's settings for a `broker-config` folder."""
+    out = broker.out
+    env = {
+        "TELEMETRA_MQTT_URL": f"mqtts://telemetra-ingest:{password}@localhost:{broker.port}",
+        "TELEMETRA_MQTT_CA_FILE": str(out / "ca.pem"),
+        "TELEMETRA_MQTT_SHARE_GROUP": "telemetra",
+    }
+    if cert:
+        env["TELEMETRA_MQTT_CERT_FILE"] = str(out / "ingest.crt")
+        env["TELEMETRA_MQTT_KEY_FILE"] = str(out / "ingest.key")
+    return env
+
+
+@pytest.mark.parametrize("tls_broker", [False, True], ids=["password", "mtls"], indirect=True)
+async def test_readme_steps_4_and_5_ingest_under_the_generated_acl(
+    sqlite_url: str, tls_broker: tuple[Running, str], ingest_log: Path, clients: list[Client],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    broker, login = tls_broker
+    uid, token = login.split(":")
+    mtls = (broker.out / "ingest.crt").exists()
+    placeholder = Broker(broker.port, None, broker.out)  # type: ignore[arg-type]
+    worker = start_ingest(sqlite_url, placeholder, f"ingest-{uid}", ingest_log,
+                          extra=broker_env(broker, cert=mtls))  # fmt: skip
+    engine = await open_database(sqlite_url, migrate_schema=False)
+    try:
+        if mtls:
+            cert, key = issue_client_cert(broker.ca, uid)
+            (tmp_path / "d.crt").write_bytes(cert)
+            (tmp_path / "d.key").write_bytes(key)
+            device = Client(broker.port, ca=broker.ca_file, cert=tmp_path / "d.crt",
+                            key=tmp_path / "d.key")  # fmt: skip
+        else:
+            device = Client(broker.port, ca=broker.ca_file, username=uid, password=token)
+        clients.append(device)
+        device.subscribe(f"devices/{uid}/acks")
+        device.publish(f"devices/{uid}/telemetry", '{"temperature": 21.5}')
+        device.publish(f"devices/{uid}/telemetry", '{"temperature": 6000}')
+        acks = [json.loads(body) for _, body in device.receive(5.0)]
+        assert [a["accepted"] for a in acks[:2]] == [1, 0], acks
+        assert acks[1]["rejected"][0]["reason"] == "out_of_range"
+        assert await count_rows(engine, uid) == 1
+        assert await count_letters(engine, uid) == 1
+    finally:
+        stop(worker)
+        await engine.dispose()
+
+
+def _first_words(log: Path, phrase: str) -> int:
+    return log.read_text().count(phrase)
+
+
+@pytest.mark.parametrize("tls_broker", [True], ids=["mtls"], indirect=True)
+def test_certificate_required_is_said_once_and_stops_the_worker(
+    sqlite_url: str, tls_broker: tuple[Running, str], ingest_log: Path
+) -> None:
+    """README steps 4 (--mtls) then 5 with a password only: one clear line, exit 1."""
+    broker, _ = tls_broker
+    placeholder = Broker(broker.port, None, broker.out)  # type: ignore[arg-type]
+    worker = start_ingest(sqlite_url, placeholder, "ingest-cert", ingest_log, wait=False,
+                          extra=broker_env(broker, cert=False))  # fmt: skip
+    assert worker.wait(30) == 1, ingest_log.read_text()
+    assert _first_words(ingest_log, "requires a client certificate") == 2  # log + CLI error
+    assert "TELEMETRA_MQTT_CERT_FILE" in ingest_log.read_text()
+    assert "Unspecified error" not in ingest_log.read_text()
+
+
+def test_the_log_says_what_the_broker_wants(
+    sqlite_url: str, tls_broker: tuple[Running, str], tmp_path: Path
+) -> None:
+    broker, _ = tls_broker
+    placeholder = Broker(broker.port, None, broker.out)  # type: ignore[arg-type]
+    plain = next(
+        int(line.split()[1])
+        for line in (broker.out / "mosquitto.conf").read_text().splitlines()
+        if line.startswith("listener") and int(line.split()[1]) != broker.port
+    )
+    no_ca = broker_env(broker, cert=False)
+    del no_ca["TELEMETRA_MQTT_CA_FILE"]  # the system's CAs do not know ours
+    fatal = {
+        "wrong password": (broker_env(broker, cert=False, password="wrong"), "not authorised"),
+        "no CA": (no_ca, "is not trusted"),
+        "anonymous": ({"TELEMETRA_MQTT_URL": f"mqtt://127.0.0.1:{plain}"}, "requires a login"),
+    }
+    for case, (env, phrase) in fatal.items():
+        log = tmp_path / f"{case}.log"
+        worker = start_ingest(sqlite_url, placeholder, "ingest-x", log, wait=False, extra=env)
+        assert worker.wait(30) == 1, f"{case}: {log.read_text()}"
+        assert _first_words(log, phrase) == 2, f"{case}: {log.read_text()}"
+    # TLS to the plain port: retried with backoff (a broker restart looks the same), and said.
+    log = tmp_path / "mismatch.log"
+    env = broker_env(broker, cert=False)
+    env["TELEMETRA_MQTT_URL"] = f"mqtts://telemetra-ingest:{INGEST_PW}@localhost:{plain}"
+    worker = start_ingest(sqlite_url, placeholder, "ingest-y", log, wait=False, extra=env)
+    try:
+        deadline = time.monotonic() + 20
+        while log.read_text().count("not a TLS listener") < 2:
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        delays = [json.loads(line)["retry_in_s"] for line in log.read_text().splitlines()
+                  if "not a TLS listener" in line]  # fmt: skip
+        assert delays[:2] == [1.0, 2.0]
+    finally:
+        stop(worker)
+
+
+def test_refusals_that_pass_are_retried() -> None:
+    address = parse_mqtt_url("mqtts://broker:8883")
+    assert diagnose_refusal("Server unavailable", address, "u").retry
+    assert not diagnose_refusal("Not authorized", address, "u").retry
+    assert not diagnose_refusal("Banned", address, "u").retry
+    assert diagnose_error("[Errno 111] Connection refused", address, False).retry
+    assert not diagnose_error("[SSL: CERTIFICATE_VERIFY_FAILED] x", address, False).retry

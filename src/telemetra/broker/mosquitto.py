@@ -2,7 +2,15 @@
 
 Devices log in with their id as username and their token as password (or, with
 ``require_certificate``, with a client certificate whose CN is their id), and the ACL lets each
-one publish only under its own id and read only its own acks. The ingest user reads everything.
+one publish only under its own id and read only its own acks. The ingest user reads the routes'
+telemetry topics and writes their ack topics and dead letters, nothing else.
+
+Files and users: Mosquitto 2.0 started as root switches to ``user`` (default ``mosquitto``)
+right after reading its configuration, before it writes its pid file or opens anything else.
+So the files it reads (passwd, acl, server.key) are group-readable by that user's group and the
+folder is set-group-id to it (files a later sync writes there inherit the group), while its pid
+file and persistence live in folders that user owns (``run/``, ``data/``): never in the folder
+holding its configuration, which it must not be able to rewrite.
 
 Keeping it in step: ``sync_accounts`` rewrites ``passwd``, ``acl`` and ``crl.pem`` from the
 database (validated, atomically) and sends Mosquitto SIGHUP through the pid file the
@@ -16,6 +24,7 @@ files, ``require_certificate``) need ``write_config`` and a restart.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -26,6 +35,7 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import tempfile
 import time
@@ -42,15 +52,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from telemetra.certs import DeviceCA, issue_server_cert, issue_service_cert
 from telemetra.credentials import mosquitto_hash
+from telemetra.ingest.routes import DEFAULT_ROUTES, DEVICE, Route, subscription
 from telemetra.model import valid_device_uid
 from telemetra.store.schema import devices
 
 __all__ = [
     "INGEST_USERNAME",
     "BrokerState",
+    "IngestTopics",
     "SyncResult",
     "broker_accounts",
     "broker_state",
+    "ingest_topics",
     "split_accounts",
     "sync_accounts",
     "sync_lock",
@@ -79,7 +92,10 @@ DEVICE_ACL = (
 # Written by write_config next to the broker files, read by sync_accounts.
 STATE_FILE = "telemetra-broker.json"
 SERVICES_FILE = "services.passwd"  # the ingest user's line(s) of passwd
+RUN_DIR = "run"  # holds the pid file; owned by the broker's user, who writes it
 PID_FILE = "mosquitto.pid"
+# max_packet_size = largest accepted payload + this, room for the topic and MQTT 5 properties.
+_PACKET_HEADROOM = 64 * 1024
 # "$7$<iterations>$<salt>$<hash>" (Mosquitto 2.0) or "$6$<salt>$<hash>" (1.x); anything else,
 # a ':' or a line break above all, would corrupt the password file.
 _HASH = re.compile(r"\$(7\$[0-9]+|6)\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+")
@@ -89,7 +105,7 @@ _LOGIN_TIMEOUT_S = 5.0
 RELOAD_TEXT = """\
 Mosquitto configuration written by Telemetra.
 
-Start:   mosquitto -c {conf}
+Start:   mosquitto -c {conf} -d
 Devices: with TELEMETRA_BROKER_DIR={out} set for `telemetra serve` and the CLI,
          creating, rotating, disabling or deleting a device rewrites passwd and acl
          and reloads Mosquitto (SIGHUP to the pid in {pid}); by hand:
@@ -163,11 +179,13 @@ class _Layout:
 
     files: Path  # folder holding passwd, acl, ca.pem, server.pem, server.key
     persistence: Path
+    run: Path  # folder for the pid file
     tls_port: int
     plain_port: int | None
     bind: str
     user: str | None
     require_certificate: bool
+    max_payload_bytes: int
 
 
 def _value(what: str, value: str) -> str:
@@ -182,10 +200,11 @@ def _render_config(layout: _Layout) -> str:
     files = layout.files
     lines = [
         "# Mosquitto 2.0 configuration written by Telemetra; regenerate rather than edit.",
-        f"# kill -HUP $(cat {PID_FILE}) reloads passwd and acl; listener changes need a restart.",
+        f"# kill -HUP $(cat {RUN_DIR}/{PID_FILE}) reloads passwd and acl; listener changes need a",
+        "# restart.",
         "per_listener_settings false",
         "allow_anonymous false",
-        f"pid_file {_value('path', str(files / PID_FILE))}",
+        f"pid_file {_value('path', str(layout.run / PID_FILE))}",
         f"password_file {_value('path', str(files / 'passwd'))}",
         f"acl_file {_value('path', str(files / 'acl'))}",
     ]
@@ -199,6 +218,12 @@ def _render_config(layout: _Layout) -> str:
         "autosave_interval 60",
         "max_queued_messages 1000000",
         "max_queued_bytes 0",
+        "",
+        "# A retained message is re-checked against its publisher's ACL when it is delivered",
+        "# later. A packet larger than TELEMETRA_MAX_PAYLOAD_BYTES plus room for the topic is",
+        "# refused (its sender disconnected) before it is read: it never reaches the workers.",
+        "check_retain_source true",
+        f"max_packet_size {layout.max_payload_bytes + _PACKET_HEADROOM}",
         "",
         "# TLS listener for devices and the ingest workers.",
         f"listener {layout.tls_port} {_value('bind address', layout.bind)}",
@@ -226,16 +251,43 @@ def _render_config(layout: _Layout) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render_acl(ingest_username: str, blocked: Iterable[str], chirpstack: bool = False) -> str:
+@dataclass(frozen=True)
+class IngestTopics:
+    """What the ingest user may do: read the routes' telemetry, write acks and dead letters."""
+
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+
+
+def ingest_topics(routes: Iterable[Route] = DEFAULT_ROUTES) -> IngestTopics:
+    """The ingest user's topics for ``routes`` (TELEMETRA_ROUTES), {device} being any device."""
+    from telemetra.ingest.pipeline import DEADLETTER_TOPIC
+
+    routes = list(routes)
+    acks = [r.ack.replace(DEVICE, "+") for r in routes if r.ack is not None]
+    return IngestTopics(
+        read=tuple(dict.fromkeys(subscription(r) for r in routes)),
+        write=tuple(dict.fromkeys([*acks, DEADLETTER_TOPIC])),
+    )
+
+
+def _render_acl(
+    ingest_username: str,
+    blocked: Iterable[str],
+    chirpstack: bool = False,
+    topics: IngestTopics | None = None,
+) -> str:
+    topics = topics or ingest_topics()
     lines = [
         "# Written by Telemetra; regenerate rather than edit. Devices (username = device id)",
         "# publish only under their own id and read only their own acks. Device ids with '+' or",
         "# '#' are never written (CVE-2017-7650).",
         *DEVICE_ACL,
         "",
-        "# The ingest workers read all telemetry and write acks and telemetra/deadletter.",
+        "# The ingest workers read the routes' telemetry and write acks and dead letters.",
         f"user {ingest_username}",
-        "topic readwrite #",
+        *(f"topic read {_value('topic', t)}" for t in topics.read),
+        *(f"topic write {_value('topic', t)}" for t in topics.write),
     ]
     if chirpstack:
         lines += [
@@ -267,11 +319,21 @@ def _write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
         f.write(data.encode() if isinstance(data, str) else data)
 
 
-def _broker_owner(user: str | None) -> tuple[int, int] | None:
-    """(uid, gid) Mosquitto will switch to, when that is not us: it must own its secrets.
+@dataclass(frozen=True)
+class _Owner:
+    """The system user a root-started Mosquitto switches to."""
 
-    Mosquitto started as root drops to ``user`` (default ``mosquitto``) before it reads the
-    password and ACL files, so files private to root would stop it.
+    name: str
+    uid: int
+    gid: int
+
+
+def _broker_owner(user: str | None) -> _Owner | None:
+    """Who Mosquitto will run as, when that is not us (we are root and it drops privileges).
+
+    Mosquitto 2.0 started as root switches to ``user`` (default ``mosquitto``) right after
+    parsing its configuration: its pid file, password, ACL, key and persistence files are all
+    opened as that user.
     """
     if os.geteuid() != 0:
         return None  # not root: Mosquitto cannot switch users and ignores `user`
@@ -280,11 +342,157 @@ def _broker_owner(user: str | None) -> tuple[int, int] | None:
         entry = pwd.getpwnam(name)
     except KeyError:
         if user is None:
-            return None
+            return None  # Mosquitto then stays root, with a warning
         raise ValueError(f"there is no system user {user!r} for Mosquitto to run as") from None
     if entry.pw_uid == 0:
         return None
-    return entry.pw_uid, entry.pw_gid
+    return _Owner(name, entry.pw_uid, entry.pw_gid)
+
+
+def _unreachable(path: Path, owner: _Owner) -> str | None:
+    """Why ``owner`` cannot reach into folder ``path`` (a folder on the way it may not
+    enter), or None."""
+    gids = set(os.getgrouplist(owner.name, owner.gid))
+    for folder in [*reversed(path.parents), path]:
+        try:
+            st = folder.stat()
+        except FileNotFoundError:
+            return None  # created by us below, with modes that let it in
+        if st.st_uid == owner.uid:
+            allowed = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in gids:
+            allowed = st.st_mode & stat.S_IXGRP
+        else:
+            allowed = st.st_mode & stat.S_IXOTH
+        if not allowed:
+            return f"{folder} (mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid})"
+    return None
+
+
+def _secret_for_broker(path: Path, owner: _Owner | None) -> None:
+    """A file Mosquitto reads that nobody else may: 0600, or 0640 for its group when it
+    switches users (a later sync by root, or by the folder's set-group-id, keeps that)."""
+    if owner is None:
+        os.chmod(path, 0o600)
+    else:
+        os.chown(path, -1, owner.gid)
+        os.chmod(path, 0o640)
+
+
+def _broker_folder(path: Path, owner: _Owner | None, mode: int) -> None:
+    """A folder Mosquitto writes (pid file, persistence): its user's when it switches."""
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    if owner is not None:
+        os.chown(path, owner.uid, owner.gid)
+    os.chmod(path, mode)
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (any address), from /proc/net."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is ADDR:PORT in hex; state 0A is LISTEN.
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                inodes.add(fields[9])
+    return inodes
+
+
+def _holds(pid: int, inodes: set[str]) -> bool | None:
+    """Whether process ``pid`` holds one of these sockets; None when we may not look."""
+    sockets = {f"socket:[{inode}]" for inode in inodes}
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except PermissionError:
+        return None
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in sockets:
+                return True
+    return False
+
+
+def _process_name(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
+def _holder(inodes: set[str]) -> str:
+    """' (by <name>, pid N)' for the process listening on one of ``inodes``, if we may see it."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _holds(int(proc.name), inodes):
+            return f" (by {_process_name(int(proc.name))}, pid {proc.name})"
+    return ""
+
+
+def _low_ports_allowed(exe: str) -> bool:
+    """Whether ``exe`` carries the file capability CAP_NET_BIND_SERVICE (setcap)."""
+    try:
+        caps = os.getxattr(exe, "security.capability")
+    except OSError:
+        return False
+    # struct vfs_cap_data: magic, then the low 32 bits of the permitted set; bit 10.
+    return len(caps) >= 8 and bool(int.from_bytes(caps[4:8], "little") & (1 << 10))
+
+
+def _port_problem(
+    option: str, port: int, bind: str, owner: _Owner | None, pid_files: Sequence[Path]
+) -> str | None:
+    """Why Mosquitto could not listen on ``bind``:``port``, or None.
+
+    The validation copy runs on free ports, so this is the only check of the real ones;
+    a port held by the Mosquitto this folder's pid file names (the broker being replaced)
+    is fine. ``mosquitto -d`` would exit 0 and die in the background on a taken port.
+    """
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        first = 1024
+    if port < first and (os.geteuid() != 0 or owner is not None):
+        who = f"user {owner.name!r}" if owner else "an ordinary user"
+        if not _low_ports_allowed(_mosquitto_exe()):
+            return (
+                f"{option} {port}: Mosquitto runs as {who} and cannot listen below {first}; "
+                f"choose a port from {first}, or allow it with "
+                f"`setcap cap_net_bind_service=+ep {_mosquitto_exe()}`"
+            )
+    try:
+        addresses = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        return f"bind address {bind!r} cannot be resolved: {error}"
+    for family, kind, proto, _name, address in addresses:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Mosquitto does
+            try:
+                s.bind(address)
+                continue
+            except PermissionError:
+                continue  # a privileged port probed as an ordinary user: checked above
+            except OSError as error:
+                if error.errno == errno.EADDRNOTAVAIL:
+                    return f"bind address {bind!r} is not an address of this machine"
+                if error.errno != errno.EADDRINUSE:
+                    return f"{option} {port} on {bind}: {error.strerror}"
+        inodes = _listening_inodes(port)
+        for pid_file in pid_files:
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text().strip())
+                if _process_name(pid) == "mosquitto" and _holds(pid, inodes) is not False:
+                    return None  # the broker this configuration replaces
+        return (
+            f"{option} {port} on {bind} is already in use{_holder(inodes)}; "
+            f"choose another {option} or stop what listens there"
+        )
+    return None
 
 
 def _free_port() -> int:
@@ -364,7 +572,7 @@ def _broker_errors(log_file: Path) -> str:
 def _validate(
     folder: Path,
     layout: _Layout,
-    owner: tuple[int, int] | None,
+    owner: _Owner | None,
     *,
     ingest_username: str,
     ingest_password: str,
@@ -376,15 +584,17 @@ def _validate(
     check = _Layout(
         files=folder,
         persistence=folder / "check-data",
+        run=folder / "check-run",
         tls_port=_free_port(),
         plain_port=_free_port() if layout.plain_port is not None else None,
         bind="127.0.0.1",
         user=layout.user,
         require_certificate=layout.require_certificate,
+        max_payload_bytes=layout.max_payload_bytes,
     )
-    check.persistence.mkdir(mode=0o700)
-    if owner is not None:
-        os.chown(check.persistence, *owner)
+    # As the real ones will be: the broker's user writes these (see write_config).
+    _broker_folder(check.persistence, owner, 0o700)
+    _broker_folder(check.run, owner, 0o755)
     ports = [p for p in (check.tls_port, check.plain_port) if p is not None]
     with _throwaway(folder, _render_config(check), ports, "the configuration") as log_file:
         ca_file = folder / "ca.pem"
@@ -475,6 +685,8 @@ def write_config(
     ingest_username: str = INGEST_USERNAME,
     ingest_password: str,
     chirpstack_password: str | None = None,
+    routes: Iterable[Route] = DEFAULT_ROUTES,
+    max_payload_bytes: int = 256 * 1024,
     persistence_dir: Path | None = None,
     user: str | None = None,
     bind: str = "127.0.0.1",
@@ -482,20 +694,27 @@ def write_config(
 ) -> Path:
     """Write a validated Mosquitto configuration into ``out``; returns ``out/mosquitto.conf``.
 
-    Files: mosquitto.conf, passwd (devices + ingest user), acl (denying everything to the
-    ``blocked`` identities), ca.pem, crl.pem (the certificates with serials ``revoked``; see
-    ``broker_state``), server.pem,
-    server.key (0600), RELOAD.txt, and with ``require_certificate`` ingest.crt/ingest.key (the
-    ingest worker's client certificate, CN = ``ingest_username``). ``plain_port=None`` opens no
-    plain TCP listener. Accounts with unusable ids are skipped and logged (see
-    ``split_accounts``). ``user`` is Mosquitto's ``user`` option: started as root, Mosquitto
-    switches to it (default ``mosquitto``), so the secrets and the persistence folder are
-    handed to that user.
+    Files: mosquitto.conf, passwd (devices + ingest user), acl (the ingest user may read the
+    telemetry topics of ``routes`` and write their ack topics and dead letters; everything
+    is denied to the ``blocked`` identities), ca.pem, crl.pem (the certificates with serials
+    ``revoked``; see ``broker_state``), server.pem, server.key, RELOAD.txt, and with
+    ``require_certificate`` ingest.crt/ingest.key (the ingest worker's client certificate,
+    CN = ``ingest_username``); folders ``run/`` (pid file) and ``data/`` (persistence).
+    ``plain_port=None`` opens no plain TCP listener. Payloads over ``max_payload_bytes``
+    (TELEMETRA_MAX_PAYLOAD_BYTES) are dropped by the broker. Accounts with unusable ids are
+    skipped and logged (see ``split_accounts``).
+
+    ``user`` is Mosquitto's ``user`` option: started as root, Mosquitto switches to it
+    (default ``mosquitto``) at once, so that user gets ``run/`` and ``data/``, and read access
+    through its group to passwd, acl and server.key (0640); ``out`` becomes set-group-id to
+    that group. Run as an ordinary user, everything stays that user's (secrets 0600).
 
     Everything is generated in a temporary sibling folder and checked by starting Mosquitto on
     a copy of the config (listeners on free ports of 127.0.0.1) and logging in as the ingest
     user; only then are the files moved into ``out``, each atomically. A configuration
     Mosquitto refuses raises ValueError with Mosquitto's message and leaves ``out`` untouched.
+    With ``validate`` the real ports are also checked: each must be free on ``bind``, or held
+    by the Mosquitto that ``out``'s pid file names (the broker being replaced).
 
     To apply it to a running broker: ``kill -HUP <pid>`` reloads passwd and acl; listener
     changes need a restart.
@@ -520,14 +739,32 @@ def write_config(
     layout = _Layout(
         files=out,
         persistence=(persistence_dir or out / "data").absolute(),
+        run=out / RUN_DIR,
         tls_port=tls_port,
         plain_port=plain_port,
         bind=bind,
         user=user,
         require_certificate=require_certificate,
+        max_payload_bytes=max_payload_bytes,
     )
     config = _render_config(layout)  # also checks the values before any work is done
+    topics = ingest_topics(routes)
+    acl = _render_acl(ingest_username, blocked, bool(chirpstack_password), topics)
     owner = _broker_owner(user)
+    if owner is not None:
+        for place in (out.parent, layout.persistence.parent):
+            if blocked_at := _unreachable(place, owner):
+                raise ValueError(
+                    f"Mosquitto runs as user {owner.name!r} and cannot enter {blocked_at}; "
+                    f"choose a folder it can reach (e.g. /etc/mosquitto/telemetra) or --user"
+                )
+    if validate:
+        pid_files = [layout.run / PID_FILE, out / PID_FILE]  # out/: before run/ existed
+        for option, port in (("--tls-port", tls_port), ("--plain-port", plain_port)):
+            if port is not None and (
+                problem := _port_problem(option, port, bind, owner, pid_files)
+            ):
+                raise ValueError(problem)
     server_cert, server_key = issue_server_cert(ca, hostnames)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -535,39 +772,46 @@ def write_config(
     try:
         if owner is not None:
             # Mosquitto, as its own user, must reach the files inside (each has its own mode).
-            os.chmod(folder, 0o711)  # noqa: S103
-        secret = 0o600
+            os.chown(folder, -1, owner.gid)
+            os.chmod(folder, 0o750)  # noqa: S103 - group: the broker's
         services = f"{ingest_username}:{mosquitto_hash(ingest_password)}\n"
         if chirpstack_password:
             services += f"{CHIRPSTACK_USERNAME}:{mosquitto_hash(chirpstack_password)}\n"
-        chirpstack = bool(chirpstack_password)
-        state = {"ingest_username": ingest_username, "user": user, "chirpstack": chirpstack}
-        reload_text = RELOAD_TEXT.format(conf=out / "mosquitto.conf", out=out, pid=out / PID_FILE)
+        state = {
+            "ingest_username": ingest_username,
+            "user": user,
+            "chirpstack": bool(chirpstack_password),
+            "pid_file": str(layout.run / PID_FILE),
+            "ingest_read": list(topics.read),
+            "ingest_write": list(topics.write),
+        }
+        reload_text = RELOAD_TEXT.format(
+            conf=out / "mosquitto.conf", out=out, pid=layout.run / PID_FILE
+        )
         files: dict[str, tuple[str | bytes, int]] = {
             "RELOAD.txt": (reload_text, 0o644),
             STATE_FILE: (json.dumps(state, indent=2) + "\n", 0o644),
-            SERVICES_FILE: (services, secret),
+            SERVICES_FILE: (services, 0o600),  # Telemetra's syncs read it, Mosquitto not
             "ca.pem": (ca.cert_pem, 0o644),
             "crl.pem": (ca.revocation_list(revoked), 0o644),
             "server.pem": (server_cert, 0o644),
-            "server.key": (server_key, secret),
-            "passwd": (_render_passwd(services, usable), secret),
-            "acl": (_render_acl(ingest_username, blocked, chirpstack), secret),
+            "server.key": (server_key, 0o600),
+            "passwd": (_render_passwd(services, usable), 0o600),
+            "acl": (acl, 0o600),
             "mosquitto.conf": (config, 0o644),
         }
-        broker_secrets = {"server.key", "passwd", "acl"}
         if require_certificate:
             cert, key = issue_service_cert(ca, ingest_username)
             files["ingest.crt"] = (cert, 0o644)
-            files["ingest.key"] = (key, secret)  # for the ingest worker, not for Mosquitto
-            if chirpstack:
+            files["ingest.key"] = (key, 0o600)  # for the ingest worker, not for Mosquitto
+            if chirpstack_password:
                 cert, key = issue_service_cert(ca, CHIRPSTACK_USERNAME)
                 files["chirpstack.crt"] = (cert, 0o644)
-                files["chirpstack.key"] = (key, secret)
+                files["chirpstack.key"] = (key, 0o600)
         for name, (data, mode) in files.items():
             _write(folder / name, data, mode)
-            if owner is not None and name in broker_secrets:
-                os.chown(folder / name, *owner)
+            if name in ("server.key", "passwd", "acl"):
+                _secret_for_broker(folder / name, owner)
         if validate:
             _validate(
                 folder,
@@ -577,9 +821,13 @@ def write_config(
                 ingest_password=ingest_password,
             )
         out.mkdir(exist_ok=True)
-        layout.persistence.mkdir(mode=0o700, parents=True, exist_ok=True)
         if owner is not None:
-            os.chown(layout.persistence, *owner)
+            # Files written here later (syncs, by root or by a user given the folder) get
+            # the broker's group, so Mosquitto can read them; it cannot write here.
+            os.chown(out, -1, owner.gid)
+            os.chmod(out, 0o2755)  # noqa: S103 - only its secrets are private
+        _broker_folder(layout.persistence, owner, 0o700)
+        _broker_folder(layout.run, owner, 0o755)
         # mosquitto.conf last: a broker started meanwhile finds the files it names.
         for name in files:
             os.replace(folder / name, out / name)
@@ -627,10 +875,17 @@ def read_state(out: Path) -> dict[str, Any]:
         services = out / SERVICES_FILE
         if not services.is_file() or not isinstance(state.get("ingest_username"), str):
             raise ValueError
+        default = ingest_topics()
         return {
             "ingest_username": state["ingest_username"],
             "user": state.get("user"),
             "chirpstack": bool(state.get("chirpstack")),
+            # Folders written before these were recorded: the pid file sat next to the config.
+            "pid_file": Path(state.get("pid_file") or out / PID_FILE),
+            "topics": IngestTopics(
+                tuple(state.get("ingest_read") or default.read),
+                tuple(state.get("ingest_write") or default.write),
+            ),
         }
     except (OSError, ValueError):
         raise ValueError(
@@ -745,21 +1000,28 @@ def sync_accounts(
     user = state["user"]
     usable, skipped = split_accounts(accounts, ingest_username)
     owner = _broker_owner(user)
+    # Not root: the folder's set-group-id (write_config as root) gives new files the broker's
+    # group; they need to be readable by it.
+    group_readable = owner is not None or bool(out.stat().st_mode & stat.S_ISGID)
     folder = Path(tempfile.mkdtemp(prefix=".sync.", dir=out))
     try:
         if owner is not None:
-            os.chmod(folder, 0o711)  # noqa: S103 - Mosquitto, as its user, reads inside
+            os.chown(folder, -1, owner.gid)
+        os.chmod(folder, 0o750 if group_readable else 0o700)  # Mosquitto reads inside
         services = (out / SERVICES_FILE).read_text()
         files: dict[str, str | bytes] = {
             "passwd": _render_passwd(services, usable),
-            "acl": _render_acl(ingest_username, blocked, state["chirpstack"]),
+            "acl": _render_acl(ingest_username, blocked, state["chirpstack"], state["topics"]),
         }
         if crl is not None:
             files["crl.pem"] = crl
         for name, data in files.items():
             _write(folder / name, data, 0o644 if name == "crl.pem" else 0o600)
-            if owner is not None:
-                os.chown(folder / name, *owner)
+            if name != "crl.pem":
+                if owner is not None:
+                    os.chown(folder / name, -1, owner.gid)
+                if group_readable:
+                    os.chmod(folder / name, 0o640)
         if validate:
             _check_starts(folder, out, user)
         for name in files:
@@ -769,7 +1031,7 @@ def sync_accounts(
     result = SyncResult(
         devices=len(usable),
         skipped=skipped,
-        reload=_reload(out / PID_FILE) if reload else "not reloaded (reload=False)",
+        reload=_reload(state["pid_file"]) if reload else "not reloaded (reload=False)",
     )
     log.info(
         "broker accounts synced",

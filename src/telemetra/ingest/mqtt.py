@@ -3,6 +3,14 @@
 paho-mqtt's network loop runs in its own thread and hands messages to the pipeline through an
 ``Inbox``. The broker may hold up to ``mqtt_receive_maximum`` unacknowledged messages for us;
 those it redelivers after a crash, and idempotent writes make the redelivery harmless.
+
+Retained messages: a device's retained publish reaches us live like any other (and is stored
+once); the broker's stored copy, which it would hand to every new subscription, is not a new
+reading, so we ask for none (retain handling 2) and skip any that still arrive.
+
+When the broker will not have us, the log says why in one line (password, authorisation,
+certificate, TLS) and, where only configuration can fix it, the worker stops with that line;
+otherwise it retries with backoff.
 """
 
 from __future__ import annotations
@@ -36,6 +44,21 @@ from telemetra.ingest.routes import subscription
 log = structlog.get_logger("telemetra.mqtt")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our queue this long while we are away
+MAX_RETRY_DELAY_S = 30.0
+# CONNACK reasons that may pass by themselves; every other refusal needs a configuration change.
+_TRANSIENT_REFUSALS = frozenset({"Server unavailable", "Server busy", "Connection rate exceeded"})
+
+
+class BrokerRefused(Exception):
+    """The broker refuses us for a reason that retrying cannot fix; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """Why a connection attempt failed, in one line, and whether to try again."""
+
+    message: str
+    retry: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +85,82 @@ def parse_mqtt_url(url: str) -> BrokerAddress:
         unquote(parts.username) if parts.username else None,
         unquote(parts.password) if parts.password else None,
     )
+
+
+def _where(address: BrokerAddress) -> str:
+    return f"{'mqtts' if address.tls else 'mqtt'}://{address.host}:{address.port}"
+
+
+def diagnose_refusal(reason: str, address: BrokerAddress, username: str | None) -> Diagnosis:
+    """A CONNACK refusal (its reason, e.g. 'Not authorized') as what the broker wants."""
+    where = _where(address)
+    who = f"user {username!r}" if username else "an anonymous client"
+    if reason in ("Bad user name or password", "Not authorized"):
+        what = (
+            "bad username or password"
+            if reason == "Bad user name or password"
+            else "not authorised (wrong password, unknown user, or not allowed to connect)"
+        )
+        fix = (
+            "check TELEMETRA_MQTT_USERNAME and TELEMETRA_MQTT_PASSWORD (or the URL's "
+            "user:password) against `broker-config --ingest-password`"
+            if username
+            else "it requires a login: set TELEMETRA_MQTT_USERNAME and TELEMETRA_MQTT_PASSWORD"
+        )
+        return Diagnosis(f"broker {where} refused {who}: {what}; {fix}", retry=False)
+    if reason in _TRANSIENT_REFUSALS:
+        return Diagnosis(f"broker {where} refused the connection for now: {reason}", retry=True)
+    return Diagnosis(f"broker {where} refused {who}: {reason}", retry=False)
+
+
+def diagnose_error(error: str, address: BrokerAddress, has_cert: bool) -> Diagnosis:
+    """A failure before the broker answered CONNECT (``error`` from the TLS or TCP layer,
+    empty when the connection just closed) as what the broker wants."""
+    where = _where(address)
+    text = error.upper()
+    if "CERTIFICATE_REQUIRED" in text or ("EOF OCCURRED" in text and not has_cert):
+        return Diagnosis(
+            f"broker {where} requires a client certificate ({error}); set "
+            "TELEMETRA_MQTT_CERT_FILE and TELEMETRA_MQTT_KEY_FILE (`broker-config --mtls` wrote "
+            "ingest.crt and ingest.key)",
+            retry=False,
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return Diagnosis(
+            f"the certificate of broker {where} is not trusted ({error}); set "
+            "TELEMETRA_MQTT_CA_FILE to the CA that signed it (`broker-config` wrote ca.pem) and "
+            "use a host name the certificate names (--hostname)",
+            retry=False,
+        )
+    refused_cert = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_REVOKED", "CERTIFICATE_EXPIRED",
+                    "CERTIFICATE_UNKNOWN", "UNSUPPORTED_CERTIFICATE", "EOF OCCURRED")  # fmt: skip
+    if any(mark in text for mark in refused_cert):
+        return Diagnosis(
+            f"broker {where} refused our client certificate ({error}); it must be signed by the "
+            "broker's CA, unexpired and not revoked (TELEMETRA_MQTT_CERT_FILE/KEY_FILE)",
+            retry=False,
+        )
+    if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text:
+        return Diagnosis(
+            f"TLS handshake with {where} failed ({error}): that port does not speak TLS; "
+            "use mqtt:// or the broker's TLS port",
+            retry=False,
+        )
+    if "SSL" in text or "TLS" in text:
+        return Diagnosis(f"TLS handshake with {where} failed ({error})", retry=False)
+    # Plain MQTT to a TLS listener, or TLS to a plain one: the broker closes or resets.
+    hint = (
+        "; if that port is not a TLS listener, use mqtt:// or the broker's TLS port"
+        if address.tls
+        else "; if that port is a TLS listener, use mqtts://"
+    )
+    if not error:
+        return Diagnosis(
+            f"broker {where} closed the connection before answering CONNECT{hint}", retry=True
+        )
+    if "reset by peer" not in error:
+        hint = ""
+    return Diagnosis(f"cannot reach the broker at {where}: {error}{hint}", retry=True)
 
 
 def make_client(
@@ -106,11 +205,32 @@ class LoopNetwork:
         self.inbox = inbox
         self.sock: Any = None
         self.reading = False
+        self.has_cert = False  # whether we present a client certificate
+        self.failure: str | None = None  # set when the broker refuses us for good
+        self._answer: Diagnosis | None = None  # a refusing CONNACK on this connection
+        self._accepted = False  # a CONNACK accepted us on this connection
+        self._error = ""  # the last socket error paho reported
+        client.on_log = self._log
         client.on_socket_open = self._opened
         client.on_socket_close = self._closed
         client.on_socket_register_write = self._want_write
         client.on_socket_unregister_write = self._done_writing
         inbox.on_drained = self._resume
+
+    def _log(self, _c: Any, _u: Any, level: int, text: str) -> None:
+        # paho reports a failed read or write (a TLS alert above all) only here.
+        if level == mqtt.MQTT_LOG_ERR and text.startswith("failed to "):
+            self._error = text.split(": ", 1)[-1]
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the broker accepted the current (or last) connection."""
+        return self._accepted
+
+    def connack(self, refusal: Diagnosis | None) -> None:
+        """The broker answered CONNECT: accepted (None) or refused."""
+        self._accepted = refusal is None
+        self._answer = refusal
 
     def _opened(self, _c: Any, _u: Any, sock: Any) -> None:
         self.sock = sock
@@ -149,28 +269,40 @@ class LoopNetwork:
                 break
 
     async def keep_connected(self, address: BrokerAddress, props: Any, stop: asyncio.Event) -> None:
-        """Connect, keep alive, and reconnect with backoff until stopped."""
+        """Connect, keep alive, and reconnect with backoff until stopped.
+
+        A refusal that only configuration can fix (password, authorisation, certificate, TLS)
+        is logged once and stops the worker (``failure``, then ``stop``); anything else is
+        logged and retried, 1 s doubling to 30 s, back to 1 s once the broker accepted us.
+        """
         delay = 1.0
         while not stop.is_set():
+            self._answer, self._accepted, self._error = None, False, ""
+            diagnosis: Diagnosis | None = None
             try:
-                if self.sock is None:
-                    self.client.connect(
-                        address.host, address.port, keepalive=30, clean_start=False,
-                        properties=props,
-                    )  # fmt: skip
-                    delay = 1.0
+                self.client.connect(
+                    address.host, address.port, keepalive=30, clean_start=False, properties=props
+                )
                 while self.client.loop_misc() == mqtt.MQTT_ERR_SUCCESS and not stop.is_set():
+                    if self._accepted:
+                        delay = 1.0
                     with contextlib.suppress(TimeoutError):  # keep-alive pings once a second
                         await asyncio.wait_for(stop.wait(), 1.0)
-            except OSError as error:
-                log.warning(
-                    "cannot reach the broker; retrying",
-                    host=address.host, port=address.port, retry_in_s=delay, error=str(error),
-                )  # fmt: skip
+            except OSError as error:  # ssl.SSLError included: a handshake that failed
+                diagnosis = diagnose_error(str(error), address, self.has_cert)
             if stop.is_set():
                 break
+            if diagnosis is None and not self._accepted:  # closed before it accepted us
+                diagnosis = self._answer or diagnose_error(self._error, address, self.has_cert)
+            if diagnosis is not None and not diagnosis.retry:
+                log.error(diagnosis.message)
+                self.failure = diagnosis.message
+                stop.set()
+                break
+            if diagnosis is not None:
+                log.warning(diagnosis.message, retry_in_s=delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
     def close(self) -> None:
         """Disconnect cleanly, flushing the acknowledgements already queued."""
@@ -188,6 +320,7 @@ class MqttIngest:
         self.settings = settings
         self.pipeline = pipeline
         self.connected = asyncio.Event()
+        self.retained_skipped = 0  # stored copies the broker sent anyway
         self._client: mqtt.Client | None = None
 
     def _filters(self) -> list[str]:
@@ -206,9 +339,12 @@ class MqttIngest:
 
         def on_connect(c: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
             if reason.is_failure:
-                log.error("broker refused the connection", reason=str(reason))
+                network.connack(diagnose_refusal(str(reason), address, username))
                 return
-            c.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
+            network.connack(None)
+            # Retained copies are the broker's memory, not new readings (see the module doc).
+            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            c.subscribe([(f, options) for f in filters])
             log.info(
                 "connected to broker",
                 host=address.host, port=address.port, session_present=flags.session_present,
@@ -218,12 +354,19 @@ class MqttIngest:
 
         def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
             self.connected.clear()
-            if not stop.is_set():
+            if not stop.is_set() and network.accepted:  # refusals: keep_connected says why
                 log.warning("disconnected from broker; reconnecting", reason=str(reason))
 
-        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             if stop.is_set():
                 return  # not acknowledged: the broker delivers it again next time
+            if msg.retain:
+                # A stored copy from a broker that ignored retain handling: already taken
+                # when it was published (live messages arrive with the flag cleared).
+                if msg.qos:
+                    c.ack(msg.mid, msg.qos)
+                self.retained_skipped += 1
+                return
             inbox.put(
                 Message(
                     msg.topic,
@@ -240,7 +383,9 @@ class MqttIngest:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = settings.mqtt_receive_maximum
+        username = settings.mqtt_username or address.username
         network = LoopNetwork(client, loop, inbox)
+        network.has_cert = settings.mqtt_cert_file is not None
         connecting = asyncio.create_task(
             network.keep_connected(address, props, stop), name="mqtt-connection"
         )
@@ -252,6 +397,8 @@ class MqttIngest:
             connecting.cancel()
             network.close()
             log.info("ingest stopped", **self.pipeline.stats)
+        if network.failure is not None:
+            raise BrokerRefused(network.failure)
 
     def _done(self, outcomes: list[Outcome]) -> None:
         """After commit: PUBACK each message, then the ack-topic and dead-letter messages."""
