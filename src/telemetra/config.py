@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     token_ttl_s: int = Field(3600, ge=60, description="lifetime of user access tokens")
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
-    max_request_bytes: int = Field(1024 * 1024, ge=1024, description="HTTP ingest body limit")
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, description="HTTP request body limit, every route (413 beyond)"
+    )
     rate_limit_device_per_s: float = Field(
         20.0, ge=0, description="HTTP ingest requests per device token and second (0: off)"
     )
@@ -64,7 +66,15 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: float = Field(60.0, ge=1, description="requests allowed in a burst")
     login_failures_per_min: float = Field(
-        10.0, ge=0, description="failed logins per username and per client address (0: off)"
+        10.0, ge=0, description="failed logins per username, after a burst of 10 (0: off)"
+    )
+    login_failures_per_address_per_min: float = Field(
+        100.0, ge=0, description="failed logins per client address, after a burst of 100 (0: off)"
+    )
+    trusted_proxies: str = Field(
+        "127.0.0.1,::1",
+        description="reverse proxies (hosts or CIDRs, comma-separated; '' none, '*' any) whose "
+        "X-Forwarded-For/-Proto name the client",
     )
     demo: bool = False
     metrics_port: int | None = Field(

@@ -5,15 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from telemetra import __version__
 from telemetra.api import accounts, auth, deadletters, devices, errors, health, ingest, telemetry
-from telemetra.api.limits import RateLimiter
+from telemetra.api.limits import BodyLimit, RateLimiter
 from telemetra.broker.mosquitto import read_state
 from telemetra.broker.sync import BrokerSync
 from telemetra.config import Settings
@@ -53,22 +55,45 @@ def _observe(app: FastAPI) -> None:
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.middleware("http")
-    async def timed(request: Request, call_next: Any) -> Any:
+    app.add_middleware(Timed)
+
+
+class Timed:
+    """Pure ASGI middleware (no task group around the app, unlike ``@app.middleware``): the
+    latency of each request by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        template = _route_template(request)
-        HTTP_SECONDS.labels(request.method, template, response.status_code).observe(
-            time.perf_counter() - started
-        )
-        return response
+        status = 500
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            template = _route_template(Request(scope))
+            HTTP_SECONDS.labels(scope["method"], template, status).observe(
+                time.perf_counter() - started
+            )
 
 
 def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI:
     """The API for ``settings``; ``engine`` may be given (tests), else it is opened at start."""
     secret = check_secret(settings)
+    reserved: set[str] = set()  # device ids the managed broker keeps for its services
     if settings.broker_dir is not None:
-        read_state(settings.broker_dir)  # a wrong TELEMETRA_BROKER_DIR stops `serve` at once
+        # A wrong TELEMETRA_BROKER_DIR stops `serve` at once.
+        reserved.add(read_state(settings.broker_dir)["ingest_username"])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,7 +118,9 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
             if own:
                 await app.state.engine.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts and styles served from the installed package, not a
+    # CDN: they work offline (a classroom, a plant network).
+    app = FastAPIOffline(
         title="Telemetra",
         version=__version__,
         description="IoT telemetry: devices, ingest, time series. Users log in at "
@@ -103,16 +130,27 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.reserved_device_ids = frozenset(reserved)
     app.state.secret_key = secret
     app.state.device_limits = RateLimiter(
         settings.rate_limit_device_per_s, settings.rate_limit_burst
     )
     app.state.user_limits = RateLimiter(settings.rate_limit_user_per_s, settings.rate_limit_burst)
-    # Failed logins only: a burst of 10, then the configured rate per minute.
+    # Failed logins only: per username a burst of 10, then the configured rate per minute; per
+    # client address a burst of one minute's worth (100 by default), so that the users behind
+    # one proxy or NAT can still log in while one of them mistypes.
     app.state.login_failures = RateLimiter(settings.login_failures_per_min / 60, 10)
+    per_address = settings.login_failures_per_address_per_min
+    app.state.address_login_failures = RateLimiter(per_address / 60, max(10.0, per_address))
     errors.install(app)
     _observe(app)
-    api = APIRouter(prefix="/api/v1", responses=errors.responses(401))  # every route: some auth
+    # The client address from X-Forwarded-For, only when a configured proxy sent it.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+    # Outermost: a body over the limit is refused before authentication or parsing.
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    api = APIRouter(  # every route: some authentication, and the database
+        prefix="/api/v1", responses=errors.responses(401, 503, messages={503: errors.DATABASE_DOWN})
+    )
     api.include_router(auth.router)
     api.include_router(accounts.router)
     api.include_router(devices.router)

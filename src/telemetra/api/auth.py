@@ -217,11 +217,15 @@ class MeOut(BaseModel):
 )  # fmt: skip
 async def login(request: Request, form: Annotated[LoginForm, Form()]) -> AccessTokenOut:
     """Exchange a username and password for a short-lived bearer token (the Authorize button
-    of /docs uses this). Failed attempts are limited per username and per client address
-    (``TELEMETRA_LOGIN_FAILURES_PER_MIN``, after a burst of 10): 429 with Retry-After."""
-    failures = request.app.state.login_failures
-    keys = (f"name:{form.username}", f"addr:{request.client.host if request.client else ''}")
-    wait = max(failures.waiting(key) for key in keys)
+    of /docs uses this). Failed attempts are limited per username
+    (``TELEMETRA_LOGIN_FAILURES_PER_MIN``, after a burst of 10) and, far more loosely, per
+    client address (``TELEMETRA_LOGIN_FAILURES_PER_ADDRESS_PER_MIN``, after a burst of 100;
+    behind a reverse proxy the address comes from X-Forwarded-For when the proxy is in
+    ``TELEMETRA_TRUSTED_PROXIES``): 429 with Retry-After."""
+    state = request.app.state
+    address = request.client.host if request.client else ""
+    limits = ((state.login_failures, form.username), (state.address_login_failures, address))
+    wait = max(limiter.waiting(key) for limiter, key in limits)
     if wait > 0:  # before any argon2 work: guessing costs the guesser, not the server
         raise ApiError(
             429,
@@ -237,8 +241,8 @@ async def login(request: Request, form: Annotated[LoginForm, Form()]) -> AccessT
     # argon2 takes ~100 ms of CPU on purpose: off the event loop.
     matches = await asyncio.to_thread(password_matches, form.password, stored)
     if not matches or row is None or row.disabled:
-        for key in keys:
-            failures.retry_after(key)  # count the failure
+        for limiter, key in limits:
+            limiter.retry_after(key)  # count the failure
         raise ApiError(401, "wrong username or password", headers={"WWW-Authenticate": "Bearer"})
     caller = Caller(row.id, row.username, row.tenant_id, row.role)
     ttl = request.app.state.settings.token_ttl_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
+import structlog
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import IntegrityError
@@ -15,13 +16,17 @@ from telemetra.api.errors import ApiError
 from telemetra.ingest.timestamps import format_us
 from telemetra.store import catalog
 
+log = structlog.get_logger("telemetra.api")
 router = APIRouter(prefix="/devices", tags=["devices"], responses=errors.responses(422, 429))
 OPERATOR = "this needs the operator role or higher"
+OTHER_TENANT = "only platform admins register devices in another tenant"
 NO_DEVICE = "no device 'greenhouse-9'"
 UidParam = Annotated[str, Path(description="the device's uid", examples=["greenhouse-1"])]
 _TOKEN = "hMFZF4jt5k0IlwFGLaX75UnejoIOiRS9LolsWRiDFtg"  # noqa: S105 - an example for /docs
 _DEVICE: dict[str, Any] = {
     "uid": "greenhouse-1",
+    "tenant_id": 2,
+    "tenant": "acme",
     "name": "Greenhouse 1",
     "type": "climate",
     "status": "active",
@@ -53,6 +58,19 @@ def _not_null(value: str | None) -> str:
     return value
 
 
+def _bounded(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and (problem := catalog.metadata_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+METADATA_DOC = (
+    f"free-form JSON object (location, firmware, tags): at most {catalog.METADATA_MAX_DEPTH} "
+    f"levels deep, {catalog.METADATA_MAX_BYTES} bytes as JSON, {catalog.METADATA_MAX_KEYS} "
+    f"keys in all, keys of at most {catalog.METADATA_MAX_KEY_CHARS} characters"
+)
+
+
 class DeviceIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -69,15 +87,25 @@ class DeviceIn(BaseModel):
         },
     )
 
-    uid: str = Field(examples=["greenhouse-1"], description="MQTT topic level and username")
+    uid: str = Field(
+        examples=["greenhouse-1"],
+        description="MQTT topic level and username; not a broker service's login "
+        "(telemetra-ingest, chirpstack)",
+    )
     name: str | None = Field(None, max_length=200)
     type: str | None = Field(None, max_length=64, examples=["climate"])
     timezone: str | None = Field(None, examples=["Europe/Berlin"])
     metadata: dict[str, Any] = Field(
-        default_factory=dict, examples=[{"location": {"lat": 48.2, "lon": 16.4}, "firmware": "1.2"}]
+        default_factory=dict,
+        description=METADATA_DOC,
+        examples=[{"location": {"lat": 48.2, "lon": 16.4}, "firmware": "1.2"}],
+    )
+    tenant: str | None = Field(
+        None, examples=["acme"], description="tenant name; default: the caller's (admins only)"
     )
 
     _check_zone = field_validator("timezone")(_zone)
+    _check_metadata = field_validator("metadata")(_bounded)
 
 
 class DevicePatch(BaseModel):
@@ -96,10 +124,11 @@ class DevicePatch(BaseModel):
     name: str | None = Field(None, max_length=200)
     type: str | None = Field(None, max_length=64)
     timezone: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(None, description=METADATA_DOC)
     status: str | None = Field(None, pattern="^(active|disabled)$")
 
     _check_zone = field_validator("timezone")(_zone)
+    _check_metadata = field_validator("metadata")(_bounded)
     _check_status = field_validator("status")(_not_null)  # the column is NOT NULL
 
 
@@ -107,6 +136,8 @@ class DeviceOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_DEVICE]})
 
     uid: str
+    tenant_id: int
+    tenant: str = Field(description="the tenant's name")
     name: str | None
     type: str | None
     status: str
@@ -171,14 +202,27 @@ class TokenOut(BaseModel):
     broker: str | None = BROKER_FIELD
 
 
+def _metadata(row: Any) -> dict[str, Any]:
+    """The stored metadata, or a note in its place when it exceeds today's bounds (stored
+    before they existed, or by hand): one device must never break a listing."""
+    metadata = row.metadata or {}
+    problem = catalog.metadata_problem(metadata)
+    if problem is None:
+        return dict(metadata)
+    log.warning("device metadata exceeds the bounds", uid=row.uid, problem=problem)
+    return {"_unreadable": f"{problem}; replace it with PATCH /api/v1/devices/{row.uid}"}
+
+
 def _out(row: Any) -> dict[str, Any]:
     return {
         "uid": row.uid,
+        "tenant_id": row.tenant_id,
+        "tenant": row.tenant_name,
         "name": row.name,
         "type": row.type,
         "status": row.status,
         "timezone": row.timezone,
-        "metadata": row.metadata or {},
+        "metadata": _metadata(row),
         "last_seen": format_us(row.last_seen) if row.last_seen else None,
         "clock_offset_s": row.clock_offset_us / 1e6 if row.clock_offset_us is not None else None,
         "created_at": format_us(row.created_at),
@@ -199,10 +243,18 @@ async def visible_device(request: Request, caller: Caller, uid: str) -> Any:
     return row
 
 
-@router.get("", response_model=DevicePage, summary="List devices")
+@router.get(
+    "",
+    response_model=DevicePage,
+    summary="List devices",
+    responses=errors.responses(404, messages={404: "no tenant named 'initech'"}),
+)
 async def list_devices(
     request: Request,
     caller: Annotated[Caller, role("viewer")],
+    tenant: Annotated[
+        str | None, Query(description="tenant name (admins: any; others: their own)")
+    ] = None,
     status: Annotated[
         str | None,
         Query(pattern="^(active|disabled)$", description="active or disabled", examples=["active"]),
@@ -215,10 +267,20 @@ async def list_devices(
         Query(ge=0, le=2**63 - 1, description="items to skip: next_offset of the previous page"),
     ] = 0,  # 64-bit in the database
 ) -> DevicePage:
-    """Devices of the caller's tenant, by uid."""
+    """Devices of the caller's tenant, by uid; platform admins see every tenant's (each
+    device names its tenant), or one tenant's with ``tenant``."""
+    visible = scope(caller)
     async with request.app.state.engine.connect() as conn:
+        if tenant is not None:
+            try:
+                wanted = await catalog.tenant_id_by_name(conn, tenant)
+            except LookupError:
+                wanted = None
+            if wanted is None or (visible is not None and wanted != visible):
+                raise ApiError(404, f"no tenant named {tenant!r}")
+            visible = wanted
         rows = await catalog.find_devices(
-            conn, scope(caller), status=status, type=type, text=q, limit=limit + 1, offset=offset
+            conn, visible, status=status, type=type, text=q, limit=limit + 1, offset=offset
         )
     more = len(rows) > limit
     return DevicePage(
@@ -240,14 +302,32 @@ async def list_devices(
 async def create_device(
     request: Request, body: DeviceIn, caller: Annotated[Caller, role("operator")]
 ) -> DeviceCreated:
-    """Register a device in the caller's tenant; the response holds its token, once."""
+    """Register a device in the caller's tenant (platform admins: in the tenant named by
+    ``tenant``); the response holds its token, once."""
+    tenant_id = caller.tenant_id
+    if body.tenant is not None:
+        async with request.app.state.engine.connect() as conn:
+            try:
+                found: int | None = await catalog.tenant_id_by_name(conn, body.tenant)
+            except LookupError:
+                found = None
+        if caller.role != "admin" and found != caller.tenant_id:  # never says which exist
+            raise ApiError(403, OTHER_TENANT)
+        if found is None:
+            raise ApiError(
+                422,
+                f"no tenant named {body.tenant!r}",
+                details=[{"field": "body.tenant", "problem": "no such tenant"}],
+            )
+        tenant_id = found
     try:
         async with request.app.state.engine.begin() as conn:
             token = await catalog.create_device(
-                conn, caller.tenant_id, body.uid, name=body.name, type=body.type,
+                conn, tenant_id, body.uid, name=body.name, type=body.type,
                 timezone=body.timezone, metadata=body.metadata,
+                reserved=request.app.state.reserved_device_ids,
             )  # fmt: skip
-            row = await catalog.get_device(conn, body.uid, caller.tenant_id)
+            row = await catalog.get_device(conn, body.uid, tenant_id)
     except ValueError as error:
         status = 409 if "already exists" in str(error) else 422
         raise ApiError(status, str(error)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 log = structlog.get_logger("telemetra.api")
@@ -30,6 +32,14 @@ _CODES = {
 }
 # PostgreSQL refuses some text the client sent (NUL characters, "\u0000" in JSON): a 422, not a 500.
 UNSTORABLE_TEXT = {"22021", "22P05"}  # character_not_in_repertoire, untranslatable_character
+# The server cannot take the request now: admin_shutdown, crash_shutdown, cannot_connect_now,
+# too_many_connections (and the whole class 08, connection exceptions).
+SERVER_UNAVAILABLE = {"57P01", "57P02", "57P03", "53300"}
+DATABASE_RETRY_S = 5
+DATABASE_DOWN = "the database is unavailable; retry shortly"
+# FastAPI's words for a body it could not read (not UTF-8, nested too deeply for its parser …).
+_UNREADABLE_BODY = "There was an error parsing the body"
+_DRIVERS = ("asyncpg", "sqlalchemy", "aiosqlite", "sqlite3")
 
 
 class ApiError(Exception):
@@ -55,6 +65,36 @@ class ApiError(Exception):
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     """The JSON body of an error response."""
     return {"error": {"code": code, "message": message, "details": details}}
+
+
+def _sqlstate(error: BaseException) -> str:
+    for candidate in (error, getattr(error, "orig", None), error.__cause__):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return ""
+
+
+def _raised_by_driver(error: BaseException) -> bool:
+    """Whether the database driver raised ``error`` (asyncpg raises a refused or reset
+    connection as a plain OSError, not as a DBAPIError)."""
+    return any(
+        str(frame.f_globals.get("__name__", "")).startswith(_DRIVERS)
+        for frame, _line in traceback.walk_tb(error.__traceback__)
+    )
+
+
+def database_down(error: BaseException) -> bool:
+    """Whether ``error`` means the database cannot be reached now (rather than that a statement
+    failed): worth a 503 and a retry, not a 500 and a traceback."""
+    if isinstance(error, PoolTimeout):  # every pooled connection busy for pool_timeout
+        return True
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    code = _sqlstate(error)
+    if code.startswith("08") or code in SERVER_UNAVAILABLE:
+        return True
+    return isinstance(error, OSError) and _raised_by_driver(error)
 
 
 # --- the error shape in the OpenAPI document --------------------------------------------------
@@ -178,6 +218,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 400 and error.detail == _UNREADABLE_BODY:
+            cause = error.__cause__
+            if isinstance(cause, BaseExceptionGroup):  # raised in a task group while reading
+                over, _rest = cause.split(lambda e: isinstance(e, HTTPException))
+                if over is not None:
+                    return await http_error(_request, _first(over))
+            return _unreadable_body(cause)
         return JSONResponse(
             error_body(_CODES.get(error.status_code, "error"), str(error.detail)),
             status_code=error.status_code,
@@ -203,8 +250,35 @@ def install(app: FastAPI) -> None:
             status_code=500,
         )
 
+    async def unavailable(request: Request, error: Exception) -> JSONResponse:
+        # One line per request, no traceback: an outage is not a bug, and a traceback per
+        # request would bury the log.
+        log.warning(
+            "database unavailable",
+            method=request.method,
+            path=request.url.path,
+            error=f"{type(error).__name__}: {error}".splitlines()[0],
+        )
+        return JSONResponse(
+            error_body("unavailable", DATABASE_DOWN),
+            status_code=503,
+            headers={"Retry-After": str(DATABASE_RETRY_S)},
+        )
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, error: OSError) -> JSONResponse:
+        if database_down(error):
+            return await unavailable(request, error)
+        return await unexpected(request, error)
+
+    @app.exception_handler(PoolTimeout)
+    async def pool_timeout(request: Request, error: PoolTimeout) -> JSONResponse:
+        return await unavailable(request, error)
+
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, error: DBAPIError) -> JSONResponse:
+        if database_down(error):
+            return await unavailable(request, error)
         if getattr(error.orig, "sqlstate", None) in UNSTORABLE_TEXT:
             return JSONResponse(
                 error_body(
@@ -214,3 +288,26 @@ def install(app: FastAPI) -> None:
                 status_code=422,
             )
         return await unexpected(request, error)
+
+
+def _unreadable_body(cause: BaseException | None) -> JSONResponse:
+    """A body FastAPI could not parse: a 422 in the one shape, like any other unreadable value
+    (FastAPI itself would answer 400, which the OpenAPI document does not list)."""
+    if isinstance(cause, UnicodeDecodeError):
+        problem = "the body is not UTF-8 text"
+    elif isinstance(cause, RecursionError):
+        problem = "the body is nested too deeply"
+    else:
+        problem = f"the body cannot be read ({type(cause).__name__})"
+    return JSONResponse(
+        error_body("invalid_request", problem, [{"field": "body", "problem": problem}]),
+        status_code=422,
+    )
+
+
+def _first(group: BaseExceptionGroup[Any]) -> Any:
+    """The first leaf exception of a (nested) exception group."""
+    found: Any = group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found

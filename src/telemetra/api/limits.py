@@ -1,4 +1,5 @@
-"""Rate limits per device token and per user: token buckets, 429 with Retry-After.
+"""Rate limits per device token and per user: token buckets, 429 with Retry-After; and the
+request body limit on every route, 413.
 
 Per process: behind a load balancer each `serve` process limits on its own (a shared limit
 needs Redis, which comes with the live fan-out).
@@ -9,7 +10,11 @@ from __future__ import annotations
 import math
 import time
 
-from telemetra.api.errors import ApiError
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from telemetra.api.errors import ApiError, error_body
 
 
 class RateLimiter:
@@ -55,3 +60,81 @@ class RateLimiter:
                 f"(bursts of {self.burst:g})",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit (an HTTPException, so that
+    FastAPI's body parsing passes it on instead of turning it into a 400)."""
+
+    def __init__(self, limit: int, declared: int | None = None) -> None:
+        size = f"body of {declared} bytes" if declared is not None else "body"
+        super().__init__(413, f"{size} exceeds the limit of {limit} bytes")
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse request bodies over ``limit`` bytes with 413 on every route,
+    before authentication and before anything reads or parses the body. A declared
+    Content-Length is checked up front; a chunked body is counted as it streams in, so at
+    most ``limit`` bytes (plus one chunk) are ever held."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.limit:
+            await _too_large(send, BodyTooLarge(self.limit, declared))
+            return
+        received = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge as error:  # nothing inside answered it
+            if started:
+                raise
+            await _too_large(send, error)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server refuses a malformed length itself
+    return None
+
+
+async def _too_large(send: Send, error: BodyTooLarge) -> None:
+    body = orjson.dumps(error_body("payload_too_large", str(error.detail)))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),  # the rest of the body is never read
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

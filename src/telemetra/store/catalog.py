@@ -11,10 +11,12 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from telemetra.broker.mosquitto import CHIRPSTACK_USERNAME, INGEST_USERNAME
 from telemetra.credentials import mosquitto_hash, new_token, token_hash
 from telemetra.model import Device, valid_device_uid
 from telemetra.store.schema import (
@@ -194,6 +196,60 @@ async def tenant_id_by_name(conn: AsyncConnection, name: str) -> int:
     return int(tenant_id)
 
 
+# The broker's own logins (telemetra.broker.mosquitto): a device with one of these ids would
+# get 201 yet never log in, since the broker keeps the name for the service.
+RESERVED_DEVICE_IDS = frozenset({INGEST_USERNAME, CHIRPSTACK_USERNAME})
+
+
+# Device metadata is free-form JSON, bounded so that no device can break a listing (pydantic
+# and orjson give up on nesting deeper than ~255 levels) or bloat every page.
+METADATA_MAX_DEPTH = 8  # the metadata object itself is level 1
+METADATA_MAX_BYTES = 16 * 1024  # as compact JSON
+METADATA_MAX_KEYS = 256  # in all objects together
+METADATA_MAX_KEY_CHARS = 128
+
+
+def metadata_problem(metadata: Any) -> str | None:
+    """Why ``metadata`` exceeds the bounds above (or is not a JSON object), or None."""
+    if not isinstance(metadata, dict):
+        return "metadata must be a JSON object"
+    keys = 0
+    pending: list[tuple[Any, int]] = [(metadata, 1)]  # a stack, not recursion: any depth is safe
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict | list):
+            if depth > METADATA_MAX_DEPTH:
+                return f"metadata is nested deeper than {METADATA_MAX_DEPTH} levels"
+            if isinstance(value, dict):
+                keys += len(value)
+                if keys > METADATA_MAX_KEYS:
+                    return f"metadata has more than {METADATA_MAX_KEYS} keys"
+                longest = max(map(len, value), default=0)
+                if longest > METADATA_MAX_KEY_CHARS:
+                    return f"metadata keys have at most {METADATA_MAX_KEY_CHARS} characters"
+                children = list(value.values())
+            else:
+                children = value
+            pending.extend((child, depth + 1) for child in children)
+    try:
+        size = len(orjson.dumps(metadata))
+    except (TypeError, orjson.JSONEncodeError):
+        return "metadata must be JSON (objects, arrays, text, finite numbers, true/false/null)"
+    if size > METADATA_MAX_BYTES:
+        return f"metadata is {size} bytes as JSON; at most {METADATA_MAX_BYTES} are allowed"
+    return None
+
+
+def reserved_device_id(uid: str, reserved: Iterable[str] = ()) -> str | None:
+    """Why ``uid`` may not be a device id because a broker service uses it, or None."""
+    if uid in RESERVED_DEVICE_IDS or uid in reserved:
+        return (
+            f"device id {uid!r} is reserved: it is the broker login of a Telemetra service; "
+            "choose another"
+        )
+    return None
+
+
 def device_id_taken(uid: str) -> str:
     """Why ``uid`` cannot be registered: the same words whichever tenant holds it (device ids
     are MQTT usernames and topic levels, so one namespace for the whole installation)."""
@@ -213,17 +269,23 @@ async def create_device(
     type: str | None = None,
     timezone: str | None = None,
     metadata: dict[str, Any] | None = None,
+    reserved: Iterable[str] = (),
 ) -> str:
     """Register a device and return its new token (shown once; only a hash is stored).
 
-    ValueError when ``uid`` is taken, as far as this connection sees; under Row-Level
-    Security another tenant's device is invisible and the insert raises IntegrityError.
+    ValueError when ``uid`` is invalid, reserved (the broker's service logins, and any in
+    ``reserved``) or taken, as far as this connection sees; under Row-Level Security another
+    tenant's device is invisible and the insert raises IntegrityError.
     """
     if not valid_device_uid(uid):
         raise ValueError(
             f"invalid device id {uid!r}: 1–128 printable characters without spaces at the "
             "ends and without '/', '+', '#', ':' (device ids become MQTT topic levels)"
         )
+    if (why := reserved_device_id(uid, reserved)) is not None:
+        raise ValueError(why)
+    if (why := metadata_problem(metadata or {})) is not None:
+        raise ValueError(why)
     if await conn.scalar(select(devices.c.id).where(devices.c.uid == uid)) is not None:
         raise ValueError(device_id_taken(uid))
     token = new_token()
@@ -291,9 +353,17 @@ async def list_rules(conn: AsyncConnection) -> list[Any]:
     return list((await conn.execute(query)).all())
 
 
+def _device_query() -> Any:
+    """Device rows with their tenant's name (``tenant_name``)."""
+    return select(devices, tenants.c.name.label("tenant_name")).join(
+        tenants, tenants.c.id == devices.c.tenant_id
+    )
+
+
 async def get_device(conn: AsyncConnection, uid: str, tenant_id: int | None) -> Any:
-    """A device row by uid, within ``tenant_id`` (None: any tenant); None when not visible."""
-    query = select(devices).where(devices.c.uid == uid)
+    """A device row (with ``tenant_name``) by uid, within ``tenant_id`` (None: any tenant);
+    None when not visible."""
+    query = _device_query().where(devices.c.uid == uid)
     if tenant_id is not None:
         query = query.where(devices.c.tenant_id == tenant_id)
     return (await conn.execute(query)).one_or_none()
@@ -317,8 +387,8 @@ async def find_devices(
     limit: int = 100,
     offset: int = 0,
 ) -> list[Any]:
-    """Devices of a tenant (None: all), filtered, by uid, one page."""
-    query = select(devices).order_by(devices.c.uid).limit(limit).offset(offset)
+    """Devices (with ``tenant_name``) of a tenant (None: all), filtered, by uid, one page."""
+    query = _device_query().order_by(devices.c.uid).limit(limit).offset(offset)
     if tenant_id is not None:
         query = query.where(devices.c.tenant_id == tenant_id)
     if status is not None:
