@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import os
+import pwd
 import shutil
+import signal
+import socket
 import stat
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,7 +32,7 @@ from telemetra.store.database import open_database
 from telemetra.store.schema import devices
 
 from broker_fixtures import Client, Running, mosquitto_exe, start_broker
-from conftest import free_port, stop
+from conftest import free_port, stop, wait_for_port
 
 INGEST_PW = "ingest-secret"
 WILDCARD_PW = "wildcard-secret"
@@ -403,3 +412,176 @@ def test_a_user_mistake_is_a_value_error(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             write_config(out, [], ca, **kwargs)
     assert not out.exists()
+
+
+@contextlib.contextmanager
+def _shared_folder(owner: str | None) -> Iterator[Path]:
+    """A folder outside pytest's private tmp (0700), as /etc/mosquitto would be: others may
+    enter it; ``owner`` owns it when given."""
+    base = Path(tempfile.mkdtemp(prefix="telemetra-broker-"))
+    try:
+        os.chmod(base, 0o755)
+        if owner is not None:
+            entry = pwd.getpwnam(owner)
+            os.chown(base, entry.pw_uid, entry.pw_gid)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _as(user: str | None) -> list[str]:
+    """Command prefix that runs as ``user`` (None: as we are, root here)."""
+    if user is None:
+        return []
+    entry = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+
+
+def _daemon_pid(pid_file: Path) -> int:
+    deadline = time.monotonic() + 10
+    while not pid_file.exists():
+        assert time.monotonic() < deadline, f"no {pid_file}"
+        time.sleep(0.05)
+    return int(pid_file.read_text())
+
+
+@pytest.mark.parametrize("as_user", [None, "nobody"], ids=["root", "ordinary-user"])
+def test_readme_broker_steps_work_as_root_and_as_an_ordinary_user(
+    as_user: str | None, clients: list[Client]
+) -> None:
+    """`broker-config --out` (default --user), `mosquitto -c … -d`, a device created with
+    TELEMETRA_BROKER_DIR: the broker runs, drops to its user as root, and takes the device."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run as both root and another user")
+    mosquitto_exe()
+    with _shared_folder(as_user) as base:
+        out = base / "mosquitto" / "telemetra"
+        port = free_port()
+        env = {
+            **os.environ,
+            "TELEMETRA_DATA_DIR": str(base / "data"),
+            "TELEMETRA_DATABASE_URL": "",
+            "TELEMETRA_MQTT_PASSWORD": INGEST_PW,
+            "TELEMETRA_BROKER_DIR": str(out),
+            "HOME": str(base),
+        }
+
+        def telemetra(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*_as(as_user), sys.executable, "-m", "telemetra.cli", *args],
+                env=env, capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+
+        done = telemetra("broker-config", "--out", str(out), "--tls-port", str(port),
+                         "--bind", "127.0.0.1")  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        started = subprocess.run(
+            [*_as(as_user), mosquitto_exe(), "-c", str(out / "mosquitto.conf"), "-d"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        pid = _daemon_pid(out / "run" / "mosquitto.pid")
+        try:
+            wait_for_port(port)
+            runs_as = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0])
+            assert runs_as == pwd.getpwnam(as_user or "mosquitto").pw_uid
+            ca = out / "ca.pem"
+            ingest = Client(port, ca=ca, username="telemetra-ingest", password=INGEST_PW)
+            clients.append(ingest)
+            ingest.subscribe("devices/+/telemetry")
+            # A device created now reaches the running broker (sync + SIGHUP as that user).
+            uid = f"dev-{uuid.uuid4().hex[:6]}"
+            made = telemetra("device", "create", uid)
+            assert made.returncode == 0, made.stdout + made.stderr
+            assert "updated, reloaded" in made.stderr, made.stderr
+            token = made.stdout.strip().splitlines()[-1]
+            device = Client(port, ca=ca, username=uid, password=token)
+            clients.append(device)
+            assert device.connected(), f"{uid} could not log in after the sync"
+            device.publish(f"devices/{uid}/telemetry", '{"t": 1}')
+            ingest.wait_for(f"devices/{uid}/telemetry", '{"t": 1}')
+            # Restarted on the synced files (what a reboot does): it can still read them.
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}").exists():
+                assert time.monotonic() < deadline, "Mosquitto did not stop"
+                time.sleep(0.05)
+            started = subprocess.run(
+                [*_as(as_user), mosquitto_exe(), "-c", str(out / "mosquitto.conf"), "-d"],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            pid = _daemon_pid(out / "run" / "mosquitto.pid")
+            wait_for_port(port)
+            again = Client(port, ca=ca, username=uid, password=token)
+            clients.append(again)
+            assert again.connected()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def test_ports_must_be_free_or_the_replaced_brokers(
+    tmp_path: Path, fleet: Fleet, clients: list[Client]
+) -> None:
+    mosquitto_exe()
+    ca = DeviceCA.load_or_create(tmp_path / "ca")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        for option, ports in (
+            ("--plain-port", {"plain_port": busy}),
+            ("--tls-port", {"tls_port": busy}),
+        ):
+            kwargs: dict[str, Any] = {"tls_port": free_port(), **ports}
+            held = rf"{option} {busy} on 127.0.0.1 is already in use \(by .*, pid {os.getpid()}\)"
+            with pytest.raises(ValueError, match=held):
+                write_config(tmp_path / "out", [], ca, ingest_password=INGEST_PW,
+                             user=getpass.getuser(), **kwargs)  # fmt: skip
+        assert not (tmp_path / "out").exists()
+    # The broker being replaced holds its ports: writing its folder again is fine.
+    port, plain = free_port(), free_port()
+    write_config(tmp_path / "out", fleet.accounts, ca, tls_port=port, plain_port=plain,
+                 ingest_password=INGEST_PW, user=getpass.getuser())  # fmt: skip
+    running = start_broker(tmp_path / "out", port, ca)
+    try:
+        _daemon_pid(tmp_path / "out" / "run" / "mosquitto.pid")
+        write_config(tmp_path / "out", fleet.accounts, ca, tls_port=port, plain_port=plain,
+                     ingest_password=INGEST_PW, user=getpass.getuser())  # fmt: skip
+        # … but another folder may not take them.
+        with pytest.raises(ValueError, match=f"--tls-port {port} .* in use .by mosquitto, pid"):
+            write_config(tmp_path / "other", [], ca, tls_port=port, ingest_password=INGEST_PW,
+                         user=getpass.getuser())  # fmt: skip
+    finally:
+        stop(running.process)
+
+
+def test_low_ports_and_unreachable_folders_are_refused_up_front(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("as root, Mosquitto switches to its own user")
+    ca = DeviceCA.load_or_create(tmp_path / "ca")
+    # pytest's tmp folders are private to root (0700): the broker's user cannot enter them.
+    with pytest.raises(ValueError, match="runs as user 'mosquitto' and cannot enter"):
+        write_config(tmp_path / "out", [], ca, ingest_password=INGEST_PW)
+    low = "--tls-port 883: Mosquitto runs as user 'mosquitto'"
+    with _shared_folder(None) as base, pytest.raises(ValueError, match=low):
+        write_config(base / "out", [], ca, tls_port=883, ingest_password=INGEST_PW)
+
+
+def test_oversized_payloads_never_reach_the_workers(
+    password_broker: Running, fleet: Fleet, clients: list[Client]
+) -> None:
+    conf = (password_broker.out / "mosquitto.conf").read_text().splitlines()
+    assert "check_retain_source true" in conf
+    assert f"max_packet_size {256 * 1024 + 64 * 1024}" in conf
+    monitor = _monitor(password_broker, clients)
+    ingest = _ingest(password_broker, clients)
+    ingest.subscribe("devices/+/telemetry")
+    big = _device(password_broker, fleet, fleet.a, clients)
+    big.client.publish(f"devices/{fleet.a}/telemetry", b"x" * (10 * 1024 * 1024), qos=1)
+    assert big.dropped.wait(10), "the broker kept a client sending 10 MB"
+    fits = _device(password_broker, fleet, fleet.b, clients)
+    fits.publish(f"devices/{fleet.b}/telemetry", "1" * (256 * 1024))  # at the limit: passes
+    for observer in (ingest, monitor):
+        got = observer.wait_for(f"devices/{fleet.b}/telemetry", "1" * (256 * 1024), timeout=10)
+        assert all(topic != f"devices/{fleet.a}/telemetry" for topic, _ in got)
