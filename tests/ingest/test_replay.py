@@ -258,3 +258,29 @@ def test_cli_list_and_replay(db_url: str, tmp_path: Path, monkeypatch: pytest.Mo
     bad = runner.invoke(app, ["deadletter", "replay", "--from", "yesterday"])
     assert bad.exit_code == 1 and "`--from` is not a time" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+async def test_dead_letters_from_before_fingerprints_replay_too(engine: AsyncEngine) -> None:
+    """Rows stored before migration 0007 have no fingerprint and no metric."""
+    tenant_id = await _tenant(engine)
+    uid = f"old-{uuid.uuid4().hex[:8]}"
+    await _register(engine, tenant_id, uid)
+    payload = orjson.dumps([{"ts": TS_MS, "humidity": 50}, {"ts": TS_MS + 1, "humidity": 130}])
+    async with engine.begin() as conn:
+        await conn.execute(
+            dead_letters.insert().values(
+                tenant_id=tenant_id, device_uid=uid, source="mqtt",
+                topic=f"devices/{uid}/telemetry", reason="out_of_range", detail="130 outside",
+                entry_index=1, payload=payload, payload_size=len(payload), received_at=NOW_US,
+            )
+        )  # fmt: skip
+    report = await replay(engine, _settings(), Selection(tenant_id=tenant_id))
+    assert (report.stored, report.resolved, report.rejected) == (1, 0, {"out_of_range": 1})
+    [letter] = await _letters(engine, uid)  # the rejection again is this one: not stored again
+    assert letter.replay_outcome == "rejected" and letter.replay_detail.startswith("out_of_range")
+    assert letter.fingerprint and letter.metric == "humidity"  # as if stored with 0007
+    async with engine.begin() as conn:
+        await set_rule(conn, "humidity", tenant_id=tenant_id, min_value=0, max_value=150)
+    report = await replay(engine, _settings(), Selection(tenant_id=tenant_id))
+    assert (report.stored, report.resolved) == (1, 1)
+    assert [value for _, value, _ in await _stored(engine, uid)] == [50.0, 130.0]

@@ -33,6 +33,7 @@ from telemetra.store.deadletters import (
     STORED,
     DeadLetter,
     Selection,
+    adopt_fingerprint,
     count_replayable,
     mark_replayed,
     replayable,
@@ -126,7 +127,7 @@ async def replay(
         if not letters:
             break
         after = (letters[-1].received_at, letters[-1].id)
-        await _replay_batch(pipeline, letters, report)
+        await _replay_batch(pipeline, letters, report, selection.up_to_id or 0)
         if progress is not None:
             progress(min(report.dead_letters, todo), todo)
     report.remaining = max(0, total - report.dead_letters)
@@ -157,9 +158,10 @@ def _skip(letter: DeadLetter) -> tuple[str, str] | None:
 
 
 async def _replay_batch(
-    pipeline: Pipeline, letters: Sequence[DeadLetter], report: ReplayReport
+    pipeline: Pipeline, letters: Sequence[DeadLetter], report: ReplayReport, newest: int
 ) -> None:
     marks: list[tuple[int, str, str]] = []
+    adopting: list[tuple[DeadLetter, Rejection]] = []  # dead letters from before fingerprints
     messages: dict[tuple[object, ...], list[DeadLetter]] = {}
     for letter in letters:
         skipped = _skip(letter)
@@ -183,8 +185,13 @@ async def _replay_batch(
             outcome, detail = _verdict(letter, accepted, rejections)
             report.resolved += outcome == STORED
             marks.append((letter.id, outcome, detail))
+            again = [r for r in rejections if _covers(r, letter) and r.reason == letter.reason]
+            if letter.fingerprint is None and again:
+                adopting.append((letter, again[0]))
     if not report.dry_run:
         async with pipeline.engine.begin() as conn:
+            for letter, r in adopting:
+                await adopt_fingerprint(conn, letter, newest, str(r.reason), r.index, r.metric)
             await mark_replayed(conn, marks, time.time_ns() // 1000)
 
 
@@ -211,12 +218,13 @@ async def _run(
 
 def _covers(rejection: Rejection, letter: DeadLetter) -> bool:
     """Whether a rejection now concerns what ``letter`` was about (message, entry or value)."""
-    if rejection.index is not None and letter.entry_index is not None:
-        if rejection.index != letter.entry_index:
-            return False
-    elif rejection.index is not None and rejection.metric is None:
-        return False  # one entry rejected now; the letter was about the whole message
-    return rejection.metric is None or rejection.metric == letter.metric
+    if None not in (rejection.index, letter.entry_index) and rejection.index != letter.entry_index:
+        return False  # another entry of the message
+    if rejection.metric is None:  # a whole message, or one entry
+        return rejection.index is None or letter.entry_index is not None
+    if letter.metric is None:  # about a message or an entry, or from before metrics were kept
+        return str(rejection.reason) == letter.reason
+    return rejection.metric == letter.metric
 
 
 def _verdict(letter: DeadLetter, accepted: int, rejections: list[Rejection]) -> tuple[str, str]:

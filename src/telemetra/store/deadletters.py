@@ -43,6 +43,7 @@ class DeadLetter:
     replayed_at: int | None
     replay_outcome: str | None  # stored | rejected | skipped
     replay_detail: str | None
+    fingerprint: str | None = None  # None: stored before migration 0007
 
     @property
     def truncated(self) -> bool:
@@ -92,6 +93,7 @@ def _letter(row: Any) -> DeadLetter:
         replayed_at=None if row.replayed_at is None else int(row.replayed_at),
         replay_outcome=row.replay_outcome,
         replay_detail=row.replay_detail,
+        fingerprint=row.fingerprint,
     )
 
 
@@ -205,3 +207,41 @@ async def mark_replayed(
     await conn.execute(
         stmt, [{"b_id": i, "b_outcome": o, "b_detail": d[:2000]} for i, o, d in marks]
     )
+
+
+async def adopt_fingerprint(
+    conn: AsyncConnection,
+    old: DeadLetter,
+    newer_than: int,
+    reason: str,
+    entry_index: int | None,
+    metric: str | None,
+) -> None:
+    """A dead letter from before fingerprints (``old``) rejected again on replay takes the
+    fingerprint and metric of the one the replay just stored for that rejection (id above
+    ``newer_than``), which goes: the rejection stays one dead letter."""
+    d = dead_letters.c
+    found = (
+        await conn.execute(
+            select(d.id, d.fingerprint, d.metric)
+            .where(
+                d.id > newer_than,
+                d.source == old.source,
+                d.received_at == old.received_at,
+                d.reason == reason,
+                d.device_uid.is_not_distinct_from(old.device_uid),
+                d.topic.is_not_distinct_from(old.topic),
+                d.entry_index.is_not_distinct_from(entry_index),
+                d.metric.is_not_distinct_from(metric),
+            )
+            .order_by(d.id)
+            .limit(1)
+        )
+    ).first()
+    if found is not None:
+        await conn.execute(dead_letters.delete().where(d.id == found.id))
+        await conn.execute(
+            update(dead_letters)
+            .where(d.id == old.id)
+            .values(fingerprint=found.fingerprint, metric=found.metric)
+        )
