@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 US_PER_S = 1_000_000
 US_PER_MS = 1_000
@@ -28,6 +28,27 @@ class Flag:
     SERVER_TIME = 16  # no device timestamp: the receive time was assigned
     UNIT_CONVERTED = 32  # value converted to the metric's canonical unit
     NAIVE_TIME = 64  # device timestamp had no offset and was read in a configured time zone
+
+
+FlagName = Literal[
+    "late", "out_of_order", "clock_corrected", "counter_reset", "server_time", "unit_converted",
+    "naive_time",
+]  # fmt: skip
+# Each flag's name in API responses and exports, by bit, lowest first.
+FLAG_NAMES: dict[int, FlagName] = {
+    Flag.LATE: "late",
+    Flag.OUT_OF_ORDER: "out_of_order",
+    Flag.CLOCK_CORRECTED: "clock_corrected",
+    Flag.COUNTER_RESET: "counter_reset",
+    Flag.SERVER_TIME: "server_time",
+    Flag.UNIT_CONVERTED: "unit_converted",
+    Flag.NAIVE_TIME: "naive_time",
+}
+
+
+def flag_names(flags: int) -> list[FlagName]:
+    """The names of the flags set in ``flags``, lowest bit first (65 → late, naive_time)."""
+    return [name for bit, name in FLAG_NAMES.items() if flags & bit]
 
 
 class Reason(StrEnum):

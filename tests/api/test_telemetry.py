@@ -7,24 +7,35 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import math
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from telemetra.api import telemetry
 from telemetra.api.auth import hash_password
+from telemetra.config import Settings
+from telemetra.ingest.importer import import_file, import_pipeline
 from telemetra.ingest.timestamps import format_us
-from telemetra.store import timerange
-from telemetra.store.catalog import create_user, tenant_id_by_name
+from telemetra.model import FLAG_NAMES, Flag, FlagName, flag_names
+from telemetra.store import export, timerange
+from telemetra.store.catalog import (
+    create_device,
+    create_tenant,
+    create_user,
+    get_device,
+    tenant_id_by_name,
+)
+from telemetra.store.database import open_database
 from telemetra.store.query import HistoryRow
 
 from api_fixtures import PASSWORD, World, assert_error
@@ -148,7 +159,7 @@ async def test_history_pages_cover_every_row_once_in_both_orders(world: World) -
         "ts": format_us(start),
         "value": 40.0,
         "text": None,
-        "flags": items[0]["flags"],
+        "flags": ["late"],  # three hours after its event time
         "received_at": items[0]["received_at"],
     }
 
@@ -336,7 +347,7 @@ async def test_quality_and_dead_letters_stay_in_their_tenant(
 
 
 async def test_export_streams_csv(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(telemetry, "EXPORT_PAGE", 7)  # several pages for a few rows
+    monkeypatch.setattr(export, "PAGE", 7)  # several pages for a few rows
     c = world.client
     start = hour_base()
     uid, readings = await fleet_of_readings(world, start, 20)
@@ -348,14 +359,16 @@ async def test_export_streams_csv(world: World, monkeypatch: pytest.MonkeyPatch)
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("text/csv")
     assert reply.headers["content-disposition"] == f'attachment; filename="{uid}-telemetry.csv"'
-    rows = list(csv.reader(io.StringIO(reply.text)))
-    assert rows[0] == ["ts", "metric", "value", "text", "flags"]
-    body = rows[1:]
-    assert len(body) == len(readings) == 40
-    got = {(r[0], r[1], float(r[2])) for r in body}
+    rows = list(csv.DictReader(io.StringIO(reply.text)))
+    assert list(rows[0]) == list(export.COLUMNS)
+    assert len(rows) == len(readings) == 40
+    got = {(r["ts"], r["metric"], float(r["value"])) for r in rows}
     assert got == {(format_us(ts), m, v) for m, ts, v in readings}
-    assert [r[0] for r in body] == sorted(r[0] for r in body)
-    assert all(r[3] == "" and r[4].isdigit() for r in body)
+    assert [r["ts"] for r in rows] == sorted(r["ts"] for r in rows)
+    assert {r["device"] for r in rows} == {uid}
+    assert {(r["metric"], r["unit"]) for r in rows} == {("temperature", "°C"), ("humidity", "%")}
+    assert all(r["text"] == "" and r["flags"] == "late" and r["ts_device"] == "" for r in rows)
+    assert all(r["received_at"].endswith("Z") for r in rows)
 
     only = await c.get(
         f"{API}/devices/{uid}/export",
@@ -364,8 +377,52 @@ async def test_export_streams_csv(world: World, monkeypatch: pytest.MonkeyPatch)
         headers=world.auth("a-viewer"),
     )  # fmt: skip
     lines = list(csv.reader(io.StringIO(only.text)))[1:]
-    want = [(format_us(ts), m, repr(v), "") for m, ts, v in readings if m == "temperature"][:5]
-    assert [tuple(r[:4]) for r in lines] == want
+    want = [(uid, format_us(ts), m, repr(v), "") for m, ts, v in readings if m == "temperature"]
+    assert [tuple(r[:5]) for r in lines] == want[:5]
+
+    jsonl = await c.get(
+        f"{API}/devices/{uid}/export",
+        params={"format": "jsonl", "metric": "humidity", "from": format_us(start),
+                "to": format_us(start + 2 * MINUTE)},
+        headers=world.auth("a-viewer"),
+    )  # fmt: skip
+    assert jsonl.headers["content-type"] == "application/x-ndjson"
+    first = json.loads(jsonl.text.splitlines()[0])
+    assert first == {
+        "device": uid, "ts": format_us(start), "event_type": "humidity", "value": 40.0,
+        "unit": "%", "meta": {"flags": ["late"], "ts_device": None,
+                              "received_at": first["meta"]["received_at"]},
+    }  # fmt: skip
+    assert len(jsonl.text.splitlines()) == 2
+
+
+async def test_flags_have_names_in_history_latest_and_export(world: World) -> None:
+    c, h = world.client, world.auth("a-viewer")
+    uid, token = await new_device(world)
+    t1 = hour_base(1)
+    entries: list[dict[str, Any]] = [
+        {"ts": t1 // 1000, "event_type": "temperature", "value": 70, "unit": "F"},
+        {"ts": (t1 - MINUTE) // 1000, "temperature": 21.0},  # older than the one before
+        {"level": 3},  # no timestamp: the server's time
+    ]
+    await ingest(world, token, entries)
+    items = (await c.get(f"{API}/devices/{uid}/telemetry", headers=h)).json()["items"]
+    assert [(i["metric"], i["flags"]) for i in items] == [
+        ("temperature", ["late", "out_of_order"]),
+        ("temperature", ["late", "unit_converted"]),
+        ("level", ["server_time"]),
+    ]
+    latest = (await c.get(f"{API}/devices/{uid}/latest", headers=h)).json()["items"]
+    assert {i["metric"]: i["flags"] for i in latest} == {
+        "level": ["server_time"], "temperature": ["late", "unit_converted"]
+    }  # fmt: skip
+    many = await c.get(f"{API}/telemetry/latest", params={"device": uid}, headers=h)
+    assert sorted(i["flags"] for i in many.json()["items"]) == [
+        ["late", "unit_converted"], ["server_time"]
+    ]  # fmt: skip
+    exported = await c.get(f"{API}/devices/{uid}/export", headers=h)
+    flags = [r["flags"] for r in csv.DictReader(io.StringIO(exported.text))]
+    assert flags == ["late|out_of_order", "late|unit_converted", "server_time"]
 
 
 async def test_errors_have_one_shape_and_other_tenants_get_404(world: World) -> None:
@@ -661,18 +718,22 @@ async def test_kolkata_days_are_read_from_minute_rollups(world: World) -> None:
 
 PARQUET_SCHEMA = pa.schema(
     [
+        ("device", pa.string()),
         ("ts", pa.timestamp("us", tz="UTC")),
         ("metric", pa.string()),
         ("value", pa.float64()),
         ("text", pa.string()),
-        ("flags", pa.int32()),
+        ("unit", pa.string()),
+        ("flags", pa.list_(pa.string())),
+        ("ts_device", pa.timestamp("us", tz="UTC")),
+        ("received_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 
 
 async def test_export_parquet(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(telemetry, "EXPORT_PAGE", 7)
-    monkeypatch.setattr(telemetry, "PARQUET_ROW_GROUP_PAGES", 2)  # row groups of 14 rows
+    monkeypatch.setattr(export, "PAGE", 7)
+    monkeypatch.setattr(export, "PARQUET_ROW_GROUP_PAGES", 2)  # row groups of 14 rows
     c = world.client
     start = hour_base()
     uid, readings = await fleet_of_readings(world, start, 20)
@@ -690,7 +751,7 @@ async def test_export_parquet(world: World, monkeypatch: pytest.MonkeyPatch) -> 
         f'attachment; filename="{uid}-telemetry.parquet"'
     )
     file = pq.ParquetFile(io.BytesIO(reply.content))
-    assert file.schema_arrow == PARQUET_SCHEMA
+    assert file.schema_arrow == PARQUET_SCHEMA == export.parquet_schema(pa)
     assert file.metadata.num_rows == 41
     assert file.metadata.num_row_groups == 3  # 14 + 14 + 13 rows
     table = file.read()
@@ -702,7 +763,11 @@ async def test_export_parquet(world: World, monkeypatch: pytest.MonkeyPatch) -> 
     assert rows[0]["ts"] == start_dt and rows[0]["ts"].tzinfo is not None
     (text,) = [r for r in rows if r["text"] is not None]
     assert text["metric"] == "status" and text["text"] == "door open" and text["value"] is None
-    assert all(isinstance(r["flags"], int) for r in rows)
+    assert text["unit"] is None
+    assert {r["unit"] for r in rows if r["metric"] == "temperature"} == {"°C"}
+    assert {r["device"] for r in rows} == {uid}
+    assert all(r["flags"] == ["late"] and r["ts_device"] is None for r in rows)
+    assert all(r["received_at"] > r["ts"] for r in rows)
 
     only = await c.get(
         f"{API}/devices/{uid}/export",
@@ -724,26 +789,109 @@ async def test_export_parquet(world: World, monkeypatch: pytest.MonkeyPatch) -> 
     assert nothing.schema == PARQUET_SCHEMA and nothing.num_rows == 0
 
 
-async def test_parquet_leaves_row_group_by_row_group(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(telemetry, "EXPORT_PAGE", 100)
-    monkeypatch.setattr(telemetry, "PARQUET_ROW_GROUP_PAGES", 3)
-    handed_out: list[int] = []
+class _Pages(export.Export):
+    """An export of made-up pages, without a database."""
 
-    async def pages() -> AsyncIterator[list[HistoryRow]]:
+    __slots__ = ("handed_out",)
+
+    async def pages(self) -> AsyncIterator[list[HistoryRow]]:
+        self.handed_out: list[int] = []
         for p in range(10):
-            handed_out.append(p)
+            self.handed_out.append(p)
             yield [
-                HistoryRow(f"m{i % 3}", p * 1000 + i, float(i), None, 0, 0, None)
+                HistoryRow(f"m{i % 3}", p * 1000 + i, float(i), None, i % 4, 0, None)
                 for i in range(100)
             ]
 
+
+async def test_parquet_leaves_row_group_by_row_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export, "PARQUET_ROW_GROUP_PAGES", 3)
+    made_up = _Pages(None, 1, 1, "dev-1", None, 0, 10_000, page_size=100)  # type: ignore[arg-type]
     chunks: list[bytes] = []
-    async for chunk in telemetry._parquet_chunks(pages(), pa, pq):
+    async for chunk in export.chunks(made_up, "parquet"):
         chunks.append(chunk)
         # Bytes leave once a row group is written: never more than one group of pages ahead.
-        assert len(handed_out) <= 3 * len(chunks)
+        assert len(made_up.handed_out) <= 3 * len(chunks)
     assert len(chunks) == 3 + 1  # three full row groups, then the last one with the footer
     assert chunks[0].startswith(b"PAR1") and chunks[-1].endswith(b"PAR1")
     file = pq.ParquetFile(io.BytesIO(b"".join(chunks)))
     assert file.metadata.num_row_groups == 4 and file.metadata.num_rows == 1000
-    assert file.read().column("ts").to_pylist()[-1] == _EPOCH + timedelta(microseconds=9099)
+    table = file.read()
+    assert table.column("ts").to_pylist()[-1] == _EPOCH + timedelta(microseconds=9099)
+    assert table.column("flags").to_pylist()[:4] == [[], ["late"], ["out_of_order"],
+                                                      ["late", "out_of_order"]]  # fmt: skip
+
+
+# --- export, then import into a fresh database ------------------------------------------------
+
+ROUND_TRIP_COLUMNS = ("device", "ts", "metric", "value", "text", "unit")
+
+
+async def readings_of_every_kind(world: World) -> tuple[str, int]:
+    """A device with numbers (with and without a unit, converted, tiny, sub-second times) and
+    texts (quotes, commas, a line break, spaces); returns its uid and how many readings."""
+    uid, token = await new_device(world)
+    t = hour_base(2)
+    entries: list[dict[str, Any]] = [
+        {"ts": t // 1000, "temperature": 21.5, "humidity": 40, "status": "door open"},
+        {"ts": format_us(t + 123_457), "temperature": 0.1 + 0.2, "pressure": 1e-300,
+         "note": '  two lines,\n"quoted" — é  ', "zähler": -7},
+        {"ts": format_us(t + MINUTE), "event_type": "temperature", "value": 70, "unit": "F"},
+        {"ts": format_us(t + 2 * MINUTE), "env": {"co2": 412.25}, "status": "-inf"},
+    ]  # fmt: skip
+    results = await ingest(world, token, entries)
+    accepted = sum(r["accepted"] for r in results)
+    assert accepted == 10 and not any(r["rejected"] for r in results)
+    return uid, accepted
+
+
+def export_rows(body: str) -> list[tuple[str, ...]]:
+    """The CSV export's rows without the columns that say how a reading arrived."""
+    return [tuple(r[c] for c in ROUND_TRIP_COLUMNS) for r in csv.DictReader(io.StringIO(body))]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+async def test_an_export_imports_back_to_the_same_readings(
+    world: World, tmp_path: Path, fmt: export.Format
+) -> None:
+    c, h = world.client, world.auth("a-viewer")
+    uid, n = await readings_of_every_kind(world)
+    window = {"from": "-1d", "to": "now"}
+    reply = await c.get(f"{API}/devices/{uid}/export", params={**window, "format": fmt}, headers=h)
+    assert reply.status_code == 200, reply.text
+    path = tmp_path / f"{uid}-telemetry.{fmt}"
+    path.write_bytes(reply.content)
+    source = await c.get(f"{API}/devices/{uid}/export", params=window, headers=h)
+    want = export_rows(source.text)
+    assert len(want) == n
+    assert any(r[4] == '  two lines,\n"quoted" — é  ' for r in want)
+    assert ("temperature", "21.1111111111111", "°C") in {(r[2], r[3][:16], r[5]) for r in want}
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    fresh = await open_database(url, migrate_schema=True)
+    try:
+        async with fresh.begin() as conn:
+            tenant_id = await create_tenant(conn, "elsewhere")
+            await create_device(conn, tenant_id, uid)
+        settings = Settings(database_url=url, auto_register=False)
+        first = await import_file(import_pipeline(fresh, settings), path)
+        assert (first.accepted, first.stored, first.rejected) == (n, n, 0), first
+        again = await import_file(import_pipeline(fresh, settings), path)
+        assert (again.accepted, again.stored, again.rejected) == (n, 0, 0), again
+
+        async with fresh.connect() as conn:
+            device = await get_device(conn, uid, None)
+        start, end = timerange.time_range("-1d", "now")
+        copy = export.Export(fresh, tenant_id, int(device.id), uid, None, start, end)
+        body = b"".join([chunk async for chunk in export.chunks(copy, "csv")])
+        # The same readings; at one time in metric id order, which is this database's own.
+        assert sorted(export_rows(body.decode())) == sorted(want)
+    finally:
+        await fresh.dispose()
+
+
+def test_every_flag_has_a_name() -> None:
+    bits = {v: k for k, v in vars(Flag).items() if k.isupper()}
+    assert {bit: name.upper() for bit, name in FLAG_NAMES.items()} == bits
+    assert list(FLAG_NAMES.values()) == list(get_args(FlagName))
+    assert flag_names(65) == ["late", "naive_time"] and flag_names(0) == []

@@ -92,3 +92,12 @@ def test_auto_bucket_never_exceeds_max_points(start: int, length: int, max_point
     width = timerange.auto_bucket(start, start + length, max_points)
     assert timerange.bucket_count(start, start + length, width) <= max_points
     assert width % US == 0
+
+
+def test_the_cli_names_its_options() -> None:
+    with pytest.raises(ParamError) as caught:
+        timerange.time_range("-1h", "-2h", now_us=NOW, names=("--from", "--to"))
+    assert caught.value.param == "--from"
+    assert str(caught.value).startswith("`--from` (2026-11-22T09:00:00Z) must be before `--to`")
+    with pytest.raises(ParamError, match=r"^`--to` is not a time: 'soon'"):
+        timerange.time_range(None, "soon", now_us=NOW, names=("--from", "--to"))

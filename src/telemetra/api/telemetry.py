@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import csv
-import io
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -24,7 +21,8 @@ from telemetra.api.auth import Caller, role
 from telemetra.api.devices import scope, visible_device
 from telemetra.api.errors import ApiError
 from telemetra.ingest.timestamps import format_us
-from telemetra.store import query, schema, timerange
+from telemetra.model import FlagName, flag_names
+from telemetra.store import export, query, schema, timerange
 from telemetra.store.query import Bucket, HistoryRow, LatestValue, Source
 from telemetra.store.schema import ROLLUPS
 from telemetra.store.timerange import US
@@ -32,9 +30,6 @@ from telemetra.store.timerange import US
 router = APIRouter(tags=["telemetry"], responses=errors.responses(422, 429))
 NO_DEVICE = errors.responses(404, messages={404: "no device 'greenhouse-9'"})
 
-EXPORT_PAGE = 5000
-PARQUET_ROW_GROUP_PAGES = 10  # export pages per Parquet row group
-PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 DEFAULT_FUNCS = ("avg", "min", "max", "count")
 
 AggFn = Literal["avg", "min", "max", "count", "sum", "first", "last"]
@@ -42,16 +37,18 @@ AggFn = Literal["avg", "min", "max", "count", "sum", "first", "last"]
 # --- response models --------------------------------------------------------------------------
 
 
+_FLAGS = (
+    "what cleaning decided, by name (none: []): late, out_of_order, clock_corrected, "
+    "counter_reset, server_time, unit_converted, naive_time"
+)
+
+
 class ReadingOut(BaseModel):
     metric: str = Field(examples=["temperature"])
     ts: str = Field(description="event time, ISO-8601 UTC", examples=["2026-11-22T10:00:00Z"])
     value: float | None = Field(description="numeric value (None: a text reading)", examples=[21.5])
     text: str | None = Field(description="text value (None: a numeric reading)", examples=[None])
-    flags: int = Field(
-        description="quality flags: 1 late, 2 out of order, 4 clock corrected, 8 counter reset, "
-        "16 server time, 32 unit converted, 64 naive time",
-        examples=[0],
-    )
+    flags: list[FlagName] = Field(description=_FLAGS, examples=[[], ["late", "out_of_order"]])
     received_at: str = Field(examples=["2026-11-22T10:00:01.250000Z"])
 
 
@@ -60,7 +57,7 @@ _READING: dict[str, Any] = {
     "ts": "2026-11-22T10:00:00Z",
     "value": 21.5,
     "text": None,
-    "flags": 0,
+    "flags": [],
     "received_at": "2026-11-22T10:00:01.250000Z",
 }
 
@@ -178,7 +175,7 @@ class LatestOut(BaseModel):
     ts: str = Field(description="event time, ISO-8601 UTC", examples=["2026-11-22T10:00:00Z"])
     value: float | None = Field(examples=[21.5])
     text: str | None = Field(examples=[None])
-    flags: int = Field(examples=[0])
+    flags: list[FlagName] = Field(description=_FLAGS, examples=[[]])
     received_at: str = Field(examples=["2026-11-22T10:00:01.250000Z"])
 
 
@@ -191,7 +188,8 @@ class LatestList(BaseModel):
                         {**_READING, "device": "greenhouse-1", "metric": "humidity",
                          "value": 40.0},
                         {**_READING, "device": "greenhouse-1"},
-                        {**_READING, "device": "greenhouse-2", "value": 19.0, "flags": 4},
+                        {**_READING, "device": "greenhouse-2", "value": 19.0,
+                         "flags": ["clock_corrected"]},
                     ]
                 }
             ]
@@ -338,7 +336,7 @@ def _reading(row: HistoryRow) -> ReadingOut:
         ts=format_us(row.ts),
         value=row.value,
         text=row.text,
-        flags=row.flags,
+        flags=flag_names(row.flags),
         received_at=format_us(row.received_at),
     )
 
@@ -350,7 +348,7 @@ def _latest(row: LatestValue) -> LatestOut:
         ts=format_us(row.ts),
         value=row.value,
         text=row.text,
-        flags=row.flags,
+        flags=flag_names(row.flags),
         received_at=format_us(row.received_at),
     )
 
@@ -596,187 +594,77 @@ async def device_quality(
     )
 
 
-_EXPORT_DOC: dict[int | str, dict[str, Any]] = {
-    "200": {
-        "description": "format=csv: CSV, `ts,metric,value,text,flags`, by event time. "
-        "format=parquet: a Parquet file with the columns ts (timestamp[us, tz=UTC]), metric "
-        "(string), value (double), text (string), flags (int32), in row groups by event time. "
-        "Both streamed as they are read.",
-        "content": {
-            "text/csv": {"example": "ts,metric,value,text,flags\n"
-                                    "2026-11-22T10:00:00Z,temperature,21.5,,0\n"},
-            PARQUET_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}  # fmt: skip
-
-
-class _Drain:
-    """A write-only, non-seekable file for pyarrow that hands back what was written so far, so
-    that a Parquet file leaves row group by row group instead of being kept whole."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._position = 0
-        self.closed = False
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)  # a copy: pyarrow may reuse its buffer
-        self._parts.append(chunk)
-        self._position += len(chunk)
-        return len(chunk)
-
-    def tell(self) -> int:
-        return self._position
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def readable(self) -> bool:
-        return False
-
-    def drain(self) -> bytes:
-        data = b"".join(self._parts)
-        self._parts.clear()
-        return data
-
-
-_NO_PYARROW = (
-    "Parquet export needs pyarrow on the server (pip install 'telemetra[parquet]'); "
-    "use format=csv meanwhile"
+_CSV_EXAMPLE = (
+    ",".join(export.COLUMNS) + "\r\n"
+    "greenhouse-1,2026-11-22T10:00:00Z,temperature,21.5,,°C,,,2026-11-22T10:00:01.250000Z\r\n"
+    "greenhouse-1,2026-11-22T10:00:00Z,door,,open,,late|out_of_order,,2026-11-22T10:20:00Z\r\n"
+)
+_JSONL_EXAMPLE = (
+    '{"device":"greenhouse-1","ts":"2026-11-22T10:00:00Z","event_type":"temperature",'
+    '"value":21.5,"unit":"°C","meta":{"flags":[],"ts_device":null,'
+    '"received_at":"2026-11-22T10:00:01.250000Z"}}\n'
 )
 
-
-def _pyarrow() -> tuple[Any, Any]:
-    """The pyarrow and pyarrow.parquet modules; ApiError(501) if pyarrow is not installed."""
-    try:
-        import pyarrow  # type: ignore[import-not-found, unused-ignore]
-        import pyarrow.parquet  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        raise ApiError(501, _NO_PYARROW, code="not_implemented") from None
-    return pyarrow, pyarrow.parquet
-
-
-async def _csv_chunks(pages: AsyncIterator[list[HistoryRow]]) -> AsyncIterator[str]:
-    yield "ts,metric,value,text,flags\r\n"
-    async for rows in pages:
-        out = io.StringIO()
-        writer = csv.writer(out)
-        for r in rows:
-            value = "" if r.value is None else repr(r.value)
-            writer.writerow((format_us(r.ts), r.metric, value, r.text or "", r.flags))
-        yield out.getvalue()
-
-
-async def _parquet_chunks(
-    pages: AsyncIterator[list[HistoryRow]], pa: Any, pq: Any
-) -> AsyncIterator[bytes]:
-    """A Parquet file, streamed: pages become record batches (columnar; only one page is ever
-    held as Python objects), every PARQUET_ROW_GROUP_PAGES pages are written as a row group and
-    the bytes written so far are sent; the footer follows the last row group."""
-    schema = pa.schema(
-        [
-            ("ts", pa.timestamp("us", tz="UTC")),
-            ("metric", pa.string()),
-            ("value", pa.float64()),
-            ("text", pa.string()),
-            ("flags", pa.int32()),
-        ]
-    )
-    group_rows = max(1, PARQUET_ROW_GROUP_PAGES) * EXPORT_PAGE
-    sink = _Drain()
-    writer = pq.ParquetWriter(sink, schema, compression="zstd")
-    batches: list[Any] = []
-    pending = 0
-
-    def write_group() -> None:
-        writer.write_table(pa.Table.from_batches(batches, schema=schema))
-        batches.clear()
-
-    try:
-        async for rows in pages:
-            if rows:
-                columns = [
-                    pa.array([r.ts for r in rows], type=schema.field("ts").type),
-                    pa.array([r.metric for r in rows], type=pa.string()),
-                    pa.array([r.value for r in rows], type=pa.float64()),
-                    pa.array([r.text for r in rows], type=pa.string()),
-                    pa.array([r.flags for r in rows], type=pa.int32()),
-                ]
-                batches.append(pa.RecordBatch.from_arrays(columns, schema=schema))
-                pending += len(rows)
-            if pending >= group_rows:
-                await asyncio.to_thread(write_group)  # encoding and compression off the loop
-                pending = 0
-                yield sink.drain()
-        if batches:
-            await asyncio.to_thread(write_group)
-        await asyncio.to_thread(writer.close)
-        yield sink.drain()
-    finally:
-        if not sink.closed:
-            writer.close()  # the client went away: release the writer
+_EXPORT_DOC: dict[int | str, dict[str, Any]] = {
+    "200": {
+        "description": "Readings by event time, streamed as they are read; each format imports "
+        "back with `telemetra import` to the same readings. format=csv: "
+        "`device,ts,metric,value,text,unit,flags,ts_device,received_at` (flags as names joined "
+        "by `|`, e.g. `late|out_of_order`; unit: the unit the value is stored in). "
+        "format=parquet: the same columns typed: ts, ts_device and received_at "
+        "timestamp[us, tz=UTC], value double, flags list<string>, the others string; one row "
+        "group per 50,000 readings. format=jsonl: one native event-form object per reading "
+        "(device, ts, event_type, value, unit) with flags, ts_device and received_at in `meta`.",
+        "content": {
+            "text/csv": {"example": _CSV_EXAMPLE},
+            "application/x-ndjson": {"example": _JSONL_EXAMPLE},
+            export.MEDIA_TYPES["parquet"]: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
 @router.get(
     "/devices/{uid}/export",
     response_class=StreamingResponse,
-    summary="Export raw readings of a device (CSV or Parquet)",
-    responses={**_EXPORT_DOC, **NO_DEVICE, **errors.responses(501, messages={501: _NO_PYARROW})},
+    summary="Export raw readings of a device (CSV, JSON lines or Parquet)",
+    responses={
+        **_EXPORT_DOC,
+        **NO_DEVICE,
+        **errors.responses(501, messages={501: export.NO_PYARROW}),
+    },
 )
 async def export_device(
     request: Request,
     uid: UidParam,
     caller: Annotated[Caller, role("viewer")],
     format: Annotated[
-        Literal["csv", "parquet"],
-        Query(description="csv, or parquet (typed columns; needs pyarrow on the server)"),
+        export.Format,
+        Query(
+            description="csv; jsonl (JSON lines); or parquet (typed columns; needs pyarrow on "
+            "the server)"
+        ),
     ] = "csv",
     start: FromParam = None,
     end: ToParam = None,
     metric: MetricParam = None,
 ) -> StreamingResponse:
-    """Raw readings of a device in [from, to) as a CSV or Parquet download, by event time,
-    streamed page by page."""
+    """Raw readings of a device in [from, to) as a download, by event time, streamed page by
+    page, in a form `telemetra import` reads back."""
     device = await visible_device(request, caller, uid)
     with _readable():
         s, e = timerange.time_range(start, end)
-    engine = request.app.state.engine
-    tenant_id, device_id = int(device.tenant_id), int(device.id)
-    metrics = _unique(metric) if metric else None
-
-    async def pages() -> AsyncIterator[list[HistoryRow]]:
-        cursor: str | None = None
-        while True:
-            async with engine.connect() as conn:  # one short connection per page
-                page = await query.history(
-                    conn, tenant_id, device_id, metrics=metrics, start=s, end=e,
-                    limit=EXPORT_PAGE, cursor=cursor,
-                )  # fmt: skip
-            yield page.rows
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
-
+    readings = export.Export(
+        request.app.state.engine, int(device.tenant_id), int(device.id), uid, device.type,
+        s, e, metrics=_unique(metric) if metric else None,
+    )  # fmt: skip
+    try:
+        body = export.chunks(readings, format)
+    except export.ParquetUnavailable as error:
+        raise ApiError(501, str(error), code="not_implemented") from None
     name = re.sub(r"[^A-Za-z0-9._-]", "_", uid)
-    if format == "parquet":
-        pa, pq = _pyarrow()
-        return StreamingResponse(
-            _parquet_chunks(pages(), pa, pq),
-            media_type=PARQUET_MEDIA_TYPE,
-            headers={"Content-Disposition": f'attachment; filename="{name}-telemetry.parquet"'},
-        )
     return StreamingResponse(
-        _csv_chunks(pages()),
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{name}-telemetry.csv"'},
+        body,
+        media_type=export.MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="{name}-telemetry.{format}"'},
     )

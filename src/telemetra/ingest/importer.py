@@ -63,7 +63,10 @@ MAX_GROUP = 500  # long-form CSV rows merged into one message at most
 _BOM = b"\xef\xbb\xbf"
 _DEVICE_KEYS = ("device", "device_id")
 _TS_KEYS = ("ts", "timestamp")
-_LONG_KEYS = ("metric", "value", "unit", "event_id")
+_LONG_KEYS = ("metric", "value", "text", "unit", "event_id")
+# Columns of an export that say how a reading arrived where it was exported from: accepted in a
+# long-form file and ignored, as this installation's cleaning sets its own flags and times.
+_INFORMATIONAL = ("flags", "ts_device", "received_at")
 # Finds the device of a line that is not valid JSON, so its dead letter names the device.
 _DEVICE_HINT = re.compile(rb'"device(?:_id)?"\s*:\s*"([^"\\]{1,128})"')
 
@@ -487,6 +490,7 @@ class _Layout:
     metric: int = -1
     value: int = -1
     unit: int | None = None
+    text: int | None = None
     metrics: list[tuple[int, str]] = field(default_factory=list)
 
     @classmethod
@@ -515,16 +519,17 @@ class _Layout:
                     f"{name}: long form needs both 'metric' and 'value' columns "
                     "(wide form: one column per metric, no 'value' column)"
                 )
-            known = {*_DEVICE_KEYS, *_TS_KEYS, *_LONG_KEYS}
+            known = {*_DEVICE_KEYS, *_TS_KEYS, *_LONG_KEYS, *_INFORMATIONAL}
             extra = [c for c in columns if c.lower() not in known]
             if extra:
                 raise ValueError(
                     f"{name}: unexpected column {extra[0]!r} in a long-form file (columns: "
-                    "device, ts, metric, value and optionally unit, event_id)"
+                    "device, ts, metric, value and optionally text, unit, event_id; an export's "
+                    "flags, ts_device, received_at are ignored)"
                 )
             layout.long = True
             layout.metric, layout.value = where["metric"], where["value"]
-            layout.unit = where.get("unit")
+            layout.unit, layout.text = where.get("unit"), where.get("text")
             return layout
         reserved = {device, ts, layout.event_id}
         layout.metrics = [(i, c) for i, c in enumerate(columns) if i not in reserved]
@@ -620,8 +625,17 @@ def _table_items(
         key = (device, ts)
         if group and (key != group_key or len(group) >= MAX_GROUP):
             yield flush()
-        group_key = key
         value = cells[layout.value]
+        if layout.text is not None and not _empty(cells[layout.text]):
+            if not _empty(value):
+                if group:
+                    yield flush()
+                raw = ",".join(str(c) for c in cells).encode("utf-8", "replace")
+                detail = "row has both a value and a text; a reading is one or the other"
+                yield _Item([line_no], raw, device, Reason.BAD_SHAPE, detail)
+                continue
+            value = cells[layout.text]  # a text reading (as a string that reads as text)
+        group_key = key
         entry = {"event_type": cells[layout.metric], "value": None if _empty(value) else value}
         if ts is not None:
             entry["ts"] = ts

@@ -100,18 +100,25 @@ def parse_time(value: str, param: str, now_us: int) -> int:
     return us
 
 
-def time_range(start: str | None, end: str | None, now_us: int | None = None) -> tuple[int, int]:
+def time_range(
+    start: str | None,
+    end: str | None,
+    now_us: int | None = None,
+    names: tuple[str, str] = ("from", "to"),
+) -> tuple[int, int]:
     """``from``/``to`` (defaults: the last 24 hours) as µs; ``from`` must come before ``to``.
-    Relative times count back from ``now_us`` (default: the clock)."""
+    Relative times count back from ``now_us`` (default: the clock); errors call the two
+    ``names`` (the CLI: ``--from``, ``--to``)."""
     if now_us is None:
         now_us = time.time_ns() // 1000
-    s = parse_time(start if start is not None else "-24h", "from", now_us)
-    e = parse_time(end if end is not None else "now", "to", now_us)
+    first, second = names
+    s = parse_time(start if start is not None else "-24h", first, now_us)
+    e = parse_time(end if end is not None else "now", second, now_us)
     if s >= e:
         raise ParamError(
-            "from",
-            f"`from` ({format_us(s)}) must be before `to` ({format_us(e)})",
-            "from < to",
+            first,
+            f"`{first}` ({format_us(s)}) must be before `{second}` ({format_us(e)})",
+            f"{first} < {second}",
         )
     return s, e
 
