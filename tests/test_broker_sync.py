@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
@@ -20,6 +21,7 @@ from telemetra.certs import DeviceCA
 from telemetra.cli import app as cli
 from telemetra.config import Settings
 from telemetra.credentials import mosquitto_hash
+from telemetra.store.database import open_database
 
 from api_fixtures import SECRET, World, make_world
 from broker_fixtures import Client, Running, mosquitto_exe, start_broker
@@ -313,3 +315,33 @@ def test_cli_keeps_the_broker_in_step(
     result = runner.invoke(cli, ["device", "create", "cli-dev-2"], env=env)
     assert result.exit_code == 1 and "broker files not updated" in result.output
     assert len(result.output.strip().splitlines()[-1]) >= 40  # the token is still shown
+
+
+async def test_ready_checks_the_configured_broker_and_names_it(
+    sqlite_url: str, password_broker: Running
+) -> None:
+    """/ready checks TELEMETRA_MQTT_URL's broker (TLS and its CA for mqtts://) and says
+    which one it checked."""
+    engine = await open_database(sqlite_url, migrate_schema=False)
+    tls = f"mqtts://telemetra-ingest:{INGEST_PW}@localhost:{password_broker.port}"
+    cases = [
+        ({"mqtt_url": tls, "mqtt_ca_file": password_broker.ca_file}, 200, "ok"),
+        ({"mqtt_url": tls}, 503, f"TLS certificate of localhost:{password_broker.port} not"),
+        ({"mqtt_url": f"mqtt://localhost:{password_broker.port}"}, 200, "ok"),  # TCP only
+    ]
+    try:
+        for options, status, check in cases:
+            app = create_app(Settings(database_url=sqlite_url, secret_key=SECRET, **options),
+                             engine)  # fmt: skip
+            async with (
+                app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+            ):
+                reply = await c.get("/ready")
+            assert reply.status_code == status, (options, reply.text)
+            assert reply.json()["checks"]["broker"].startswith(check), reply.text
+            scheme = "mqtts" if options["mqtt_url"].startswith("mqtts") else "mqtt"
+            assert reply.json()["broker"] == f"{scheme}://localhost:{password_broker.port}"
+            assert INGEST_PW not in reply.text
+    finally:
+        await engine.dispose()

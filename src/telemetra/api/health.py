@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -10,15 +12,22 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
+from telemetra.config import Settings
+
 router = APIRouter(tags=["health"])
 
-_READY: dict[str, Any] = {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+_READY: dict[str, Any] = {
+    "status": "ok",
+    "checks": {"database": "ok", "broker": "ok"},
+    "broker": "mqtts://mqtt.example.org:8883",
+}
 _UNAVAILABLE: dict[str, Any] = {
     "status": "unavailable",
     "checks": {
         "database": "ok",
         "broker": "unreachable at mosquitto:1883: [Errno 111] Connection refused",
     },
+    "broker": "mqtt://mosquitto:1883",
 }
 
 
@@ -35,6 +44,9 @@ class ReadyOut(BaseModel):
     checks: dict[str, str] = Field(
         description="per dependency (database, broker): ok, or why it is unreachable"
     )
+    broker: str = Field(
+        description="the MQTT broker checked: TELEMETRA_MQTT_URL without its credentials"
+    )
 
 
 @router.get("/health", response_model=HealthOut, summary="Liveness")
@@ -43,19 +55,29 @@ async def health() -> HealthOut:
     return HealthOut(status="ok")
 
 
-async def _broker(url: str) -> str:
-    """Whether the MQTT broker accepts TCP connections (a login is ingest's business)."""
-    from telemetra.ingest.mqtt import parse_mqtt_url
+async def _broker(settings: Settings) -> tuple[str, str]:
+    """(the broker checked, whether it accepts connections): the configured
+    TELEMETRA_MQTT_URL, for mqtts:// with a TLS handshake that checks its certificate against
+    TELEMETRA_MQTT_CA_FILE. A login is ingest's business."""
+    from telemetra.ingest.mqtt import broker_name, parse_mqtt_url, tls_context
 
-    address = parse_mqtt_url(url)
     try:
+        address = parse_mqtt_url(settings.mqtt_url)
+    except ValueError as error:
+        return "invalid TELEMETRA_MQTT_URL", str(error)
+    name = broker_name(address)
+    try:
+        context = tls_context(settings) if address.tls else None
         async with asyncio.timeout(2):
-            _, writer = await asyncio.open_connection(address.host, address.port)
+            _, writer = await asyncio.open_connection(address.host, address.port, ssl=context)
         writer.close()
-        await writer.wait_closed()
+        with contextlib.suppress(OSError):  # a TLS close the broker cut short
+            await writer.wait_closed()
+    except ssl.SSLCertVerificationError as error:
+        return name, f"TLS certificate of {address.host}:{address.port} not trusted: {error}"
     except (OSError, TimeoutError) as error:
-        return f"unreachable at {address.host}:{address.port}: {error or 'timeout'}"
-    return "ok"
+        return name, f"unreachable at {address.host}:{address.port}: {error or 'timeout'}"
+    return name, "ok"
 
 
 _READY_DOC: dict[int | str, dict[str, Any]] = {
@@ -69,7 +91,10 @@ _READY_DOC: dict[int | str, dict[str, Any]] = {
 
 @router.get("/ready", response_model=ReadyOut, summary="Readiness", responses=_READY_DOC)
 async def ready(request: Request) -> Any:
-    """The database answers and the MQTT broker accepts connections (within 2 s each)."""
+    """The database answers and the MQTT broker accepts connections (within 2 s each).
+
+    The broker is the one TELEMETRA_MQTT_URL names (with TLS for mqtts://), named in the
+    answer."""
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(2):
@@ -78,7 +103,7 @@ async def ready(request: Request) -> Any:
         checks["database"] = "ok"
     except Exception as error:
         checks["database"] = f"unreachable: {str(error)[:200]}"
-    checks["broker"] = await _broker(request.app.state.settings.mqtt_url)
+    broker, checks["broker"] = await _broker(request.app.state.settings)
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                        status_code=200 if ok else 503)  # fmt: skip
+    body = {"status": "ok" if ok else "unavailable", "checks": checks, "broker": broker}
+    return JSONResponse(body, status_code=200 if ok else 503)

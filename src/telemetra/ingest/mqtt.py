@@ -87,13 +87,14 @@ def parse_mqtt_url(url: str) -> BrokerAddress:
     )
 
 
-def _where(address: BrokerAddress) -> str:
+def broker_name(address: BrokerAddress) -> str:
+    """mqtt(s)://host:port, without credentials: for logs and answers."""
     return f"{'mqtts' if address.tls else 'mqtt'}://{address.host}:{address.port}"
 
 
 def diagnose_refusal(reason: str, address: BrokerAddress, username: str | None) -> Diagnosis:
     """A CONNACK refusal (its reason, e.g. 'Not authorized') as what the broker wants."""
-    where = _where(address)
+    where = broker_name(address)
     who = f"user {username!r}" if username else "an anonymous client"
     if reason in ("Bad user name or password", "Not authorized"):
         what = (
@@ -116,7 +117,7 @@ def diagnose_refusal(reason: str, address: BrokerAddress, username: str | None) 
 def diagnose_error(error: str, address: BrokerAddress, has_cert: bool) -> Diagnosis:
     """A failure before the broker answered CONNECT (``error`` from the TLS or TCP layer,
     empty when the connection just closed) as what the broker wants."""
-    where = _where(address)
+    where = broker_name(address)
     text = error.upper()
     if "CERTIFICATE_REQUIRED" in text or ("EOF OCCURRED" in text and not has_cert):
         return Diagnosis(
@@ -163,6 +164,19 @@ def diagnose_error(error: str, address: BrokerAddress, has_cert: bool) -> Diagno
     return Diagnosis(f"cannot reach the broker at {where}: {error}{hint}", retry=True)
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS settings for mqtts://: the broker's CA (else the system's), our certificate."""
+    context = ssl.create_default_context(
+        cafile=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None
+    )
+    if settings.mqtt_cert_file:
+        context.load_cert_chain(
+            str(settings.mqtt_cert_file),
+            str(settings.mqtt_key_file) if settings.mqtt_key_file else None,
+        )
+    return context
+
+
 def make_client(
     settings: Settings, client_id: str, *, manual_ack: bool = False
 ) -> tuple[mqtt.Client, BrokerAddress]:
@@ -178,15 +192,7 @@ def make_client(
     if username:
         client.username_pw_set(username, settings.mqtt_password or address.password)
     if address.tls:
-        context = ssl.create_default_context(
-            cafile=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None
-        )
-        if settings.mqtt_cert_file:
-            context.load_cert_chain(
-                str(settings.mqtt_cert_file),
-                str(settings.mqtt_key_file) if settings.mqtt_key_file else None,
-            )
-        client.tls_set_context(context)
+        client.tls_set_context(tls_context(settings))
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client, address
 
