@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -324,7 +325,7 @@ async def test_ready_checks_the_configured_broker_and_names_it(
     which one it checked."""
     engine = await open_database(sqlite_url, migrate_schema=False)
     tls = f"mqtts://telemetra-ingest:{INGEST_PW}@localhost:{password_broker.port}"
-    cases = [
+    cases: list[tuple[dict[str, Any], int, str]] = [
         ({"mqtt_url": tls, "mqtt_ca_file": password_broker.ca_file}, 200, "ok"),
         ({"mqtt_url": tls}, 503, f"TLS certificate of localhost:{password_broker.port} not"),
         ({"mqtt_url": f"mqtt://localhost:{password_broker.port}"}, 200, "ok"),  # TCP only
