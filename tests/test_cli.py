@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,11 @@ from typer.testing import CliRunner
 from telemetra.cli import app
 
 from conftest import PG_SERVER, free_port, missing
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
 
 runner = CliRunner()
 
@@ -196,7 +202,8 @@ def fresh_pg() -> Iterator[str]:
 
 
 def _one_line(out: str) -> str:
-    lines = out.strip().splitlines()
+    """The only line of ``out`` besides the embedded database's location."""
+    lines = [x for x in out.strip().splitlines() if not x.startswith("using SQLite database")]
     assert len(lines) == 1, out
     return lines[0]
 
@@ -284,6 +291,45 @@ def test_migrate_creates_the_application_role_that_rls_applies_to(fresh_pg: str)
         asyncio.run(_pg_admin(f"DROP ROLE IF EXISTS {role}"))
 
 
+def test_the_production_roles_migrate_and_work_under_rls(tmp_path: Path) -> None:
+    """As the walkthrough does it: an ordinary owner (forced RLS applies to it too) migrates
+    from nothing and again at head, with --app-role; the CLI works as either role."""
+    from telemetra.ingest.timestamps import format_us
+
+    tag = uuid.uuid4().hex[:8]
+    owner, role, name = f"owner_{tag}", f"app_{tag}", f"telemetra_walk_{tag}"
+    try:
+        asyncio.run(_pg_admin(f"CREATE ROLE {owner} LOGIN"))
+    except OSError:
+        missing("PostgreSQL")
+    try:
+        asyncio.run(_pg_admin(f"CREATE ROLE {role} LOGIN"))  # createuser's defaults
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}" OWNER {owner}'))
+        as_owner = {
+            "TELEMETRA_DATABASE_URL": PG_SERVER.replace("postgres@", f"{owner}@") + f"/{name}"
+        }
+        as_app = {"TELEMETRA_DATABASE_URL": PG_SERVER.replace("postgres@", f"{role}@") + f"/{name}"}
+        for _ in range(2):  # from nothing, then at head
+            code, out = invoke(as_owner, "migrate", "--app-role", role)
+            assert code == 0 and f"role {role} exists" in out, out
+        code, out = invoke(as_owner, "tenant", "create", "acme")
+        assert code == 0, out
+        code, out = invoke(as_owner, "device", "create", "walk-1", "--tenant", "acme")
+        assert code == 0, out
+        code, out = invoke(as_app, "device", "list", "--json")
+        assert code == 0 and '"uid": "walk-1"' in out, out
+        source = tmp_path / "walk.csv"
+        source.write_text(f"device,ts,metric,value\nwalk-1,{format_us(now_us())},temperature,20\n")
+        code, out = invoke(as_app, "import", str(source))
+        assert code == 0, out
+        code, out = invoke(as_app, "latest", "--json")
+        assert code == 0 and '"walk-1"' in out, out
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(_pg_admin(f"DROP ROLE IF EXISTS {role}"))
+        asyncio.run(_pg_admin(f"DROP ROLE IF EXISTS {owner}"))
+
+
 def test_a_trivial_secret_key_is_refused_in_one_line(sqlite_env: dict[str, str]) -> None:
     from pydantic import ValidationError
 
@@ -346,3 +392,98 @@ def test_help_shows_flags_as_flags_and_whole_environment_variable_names() -> Non
                 assert str(envvar) in text, (path, envvar, text)
         checked += 1
     assert checked > 15
+
+
+# --- looking at stored data: readings and latest ---------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def data_env(request: pytest.FixtureRequest, sqlite_env: dict[str, str]) -> dict[str, str]:
+    """The CLI on a fresh database of each kind."""
+    if request.param == "sqlite":
+        return sqlite_env
+    url = request.getfixturevalue("fresh_pg")
+    code, out = invoke({"TELEMETRA_DATABASE_URL": url}, "migrate")
+    assert code == 0, out
+    return {"TELEMETRA_DATABASE_URL": url, "TELEMETRA_DATA_DIR": sqlite_env["TELEMETRA_DATA_DIR"]}
+
+
+def test_readings_and_latest_show_stored_data_without_serve(
+    data_env: dict[str, str], tmp_path: Path
+) -> None:
+    import csv
+    import json
+    import time
+
+    from telemetra.ingest.timestamps import format_us
+    from telemetra.store.export import COLUMNS
+
+    now = time.time_ns() // 1000 // 1_000_000 * 1_000_000
+    minutes = [format_us(now - m * 60_000_000) for m in (30, 20, 10)]
+    code, out = invoke(data_env, "device", "create", "look-1")
+    assert code == 0, out
+    code, out = invoke(data_env, "device", "create", "look-2")
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "device,ts,metric,value\n"
+        f"look-1,{minutes[0]},temperature,21.5\n"
+        f"look-1,{minutes[1]},temperature,22.25\n"
+        f"look-1,{minutes[2]},humidity,40\n"
+        f"look-1,{minutes[2]},state,open\n"
+        f"look-2,{minutes[2]},temperature,5\n"
+    )
+    code, out = invoke(data_env, "import", str(source))
+    assert code == 0, out
+
+    code, out = invoke(data_env, "readings", "look-1", "--from", "-1h")
+    assert code == 0, out
+    assert "22.25" in out and "humidity" in out and "open" in out and "°C" in out, out
+
+    result = runner.invoke(app, ["readings", "look-1", "--json"], env=data_env)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(x["metric"], x["value"]) for x in lines] == [
+        ("temperature", 21.5), ("temperature", 22.25), ("humidity", 40.0), ("state", "open"),
+    ]  # fmt: skip
+    assert lines[0]["ts"] == minutes[0] and lines[0]["unit"] == "°C"
+    assert lines[0]["flags"] == ["late"] and lines[0]["device"] == "look-1"  # 30 min old
+
+    result = runner.invoke(app, ["readings", "look-1", "--csv"], env=data_env)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(result.stdout.splitlines()))
+    assert tuple(rows[0]) == COLUMNS and len(rows) == 5
+    exported = tmp_path / "out.csv"
+    exported.write_text(result.stdout)
+    code, out = invoke(data_env, "import", str(exported))  # reads back: all already stored
+    assert code == 0 and "already stored" in out, out
+    assert next(x for x in out.splitlines() if "already stored" in x).split()[-2] == "4", out
+
+    result = runner.invoke(
+        app, ["readings", "look-1", "--metric", "humidity", "--json"], env=data_env
+    )
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 1
+    assert '"humidity"' in result.stdout
+    result = runner.invoke(app, ["readings", "look-1", "--limit", "2", "--json"], env=data_env)
+    assert len(result.stdout.splitlines()) == 2 and "only the first 2" in result.stderr
+    result = runner.invoke(app, ["readings", "look-1", "--from", "-5m"], env=data_env)
+    assert result.exit_code == 0 and "no readings of look-1" in result.stderr
+    code, out = invoke(data_env, "readings", "look-1", "--from", "yesterday")
+    assert code == 1 and "--from" in _one_line(out) and "-24h" in out
+    code, out = invoke(data_env, "readings", "nope")
+    assert code == 1 and "no device 'nope'" in _one_line(out)
+
+    result = runner.invoke(app, ["latest", "--json"], env=data_env)
+    assert result.exit_code == 0, result.output
+    latest = {
+        (x["device"], x["metric"]): x["value"] for x in map(json.loads, result.stdout.splitlines())
+    }
+    assert latest == {
+        ("look-1", "temperature"): 22.25, ("look-1", "humidity"): 40.0,
+        ("look-1", "state"): "open", ("look-2", "temperature"): 5.0,
+    }  # fmt: skip
+    code, out = invoke(data_env, "latest", "look-2")
+    assert code == 0 and "look-2" in out and "look-1" not in out.replace("look-2", ""), out
+    code, out = invoke(data_env, "latest", "look-1", "--metric", "state", "--json")
+    assert code == 0 and '"open"' in out and "temperature" not in out
+    code, out = invoke(data_env, "latest", "nope")
+    assert code == 1 and "no device 'nope'" in _one_line(out)

@@ -14,7 +14,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from telemetra.config import async_url
-from telemetra.store.tenancy import NO_TENANT, platform_wide, scope_hook
+from telemetra.store.tenancy import ALL_TENANTS, NO_TENANT, scope_hook
 
 log = structlog.get_logger("telemetra.database")
 
@@ -76,12 +76,33 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     config = _alembic_config()
 
     def upgrade(connection: Any) -> None:
+        if connection.dialect.name == "postgresql":
+            _scope_migrations(connection)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
-    with platform_wide():  # migrations may rewrite any tenant's rows
-        async with engine.begin() as conn:
-            await conn.run_sync(upgrade)
+    async with engine.begin() as conn:
+        await conn.run_sync(upgrade)
+
+
+FAIL_CLOSED_REVISION = "0008"  # from here on only '*' sees every tenant
+
+
+def _scope_migrations(connection: Any) -> None:
+    """Let migrations see every tenant's rows (a table owner is subject to forced RLS too).
+
+    Up to revision 0007 the policies read an empty setting as every tenant (and '*' broke
+    their casts before 0006); from 0008 on only '*' does, and 0008 switches to it for the
+    migrations after it. Local to the migration transaction.
+    """
+    from alembic.runtime.migration import MigrationContext
+
+    current = MigrationContext.configure(connection).get_current_revision()
+    at_least = current is not None and current >= FAIL_CLOSED_REVISION
+    scope = ALL_TENANTS if at_least else NO_TENANT
+    connection.execute(
+        text("SELECT set_config('telemetra.tenant_id', :scope, true)"), {"scope": scope}
+    )
 
 
 class SchemaOutOfDate(LookupError):
