@@ -131,7 +131,10 @@ def version_callback(value: bool) -> None:
 @app.callback()
 def main_options(
     version: Annotated[
-        bool, typer.Option("--version", callback=version_callback, is_eager=True)
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="print the version and exit"
+        ),
     ] = False,
 ) -> None:
     """Telemetra: IoT telemetry — ingest, clean, store and query device time series."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
@@ -23,3 +24,44 @@ async def test_migrated_database_matches_schema(engine: AsyncEngine) -> None:
         assert await conn.run_sync(diff) == []
         names = (await conn.execute(select(tenants.c.name))).scalars().all()
     assert DEFAULT_TENANT in names
+
+
+async def test_migration_0008_makes_row_level_security_fail_closed() -> None:
+    """Up to 0007 an ordinary role's session that named no tenant saw every tenant's rows;
+    from 0008 it sees none, and '*' still sees all."""
+    import asyncpg
+
+    from telemetra.store.database import create_engine
+
+    from conftest import PG_SERVER, _admin, app_role_url, missing
+
+    name = f"telemetra_0008_{uuid.uuid4().hex[:8]}"
+    try:
+        await _admin(f'CREATE DATABASE "{name}"')
+    except OSError:
+        missing("PostgreSQL")
+    url = f"{PG_SERVER}/{name}"
+    engine = create_engine(url)
+    try:
+
+        async def unscoped_count() -> int:
+            conn = await asyncpg.connect(await app_role_url(url))  # no telemetra.tenant_id
+            try:
+                return int(await conn.fetchval("SELECT count(*) FROM tenants"))
+            finally:
+                await conn.close()
+
+        await migrate(engine, "0007")
+        assert await unscoped_count() == 1  # the default tenant: fail open
+        await migrate(engine)
+        assert await unscoped_count() == 0  # fail closed
+        conn = await asyncpg.connect(
+            await app_role_url(url), server_settings={"telemetra.tenant_id": "*"}
+        )
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM tenants") == 1
+        finally:
+            await conn.close()
+    finally:
+        await engine.dispose()
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
