@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -235,3 +237,176 @@ async def test_an_unexpected_error_is_a_500_in_the_one_shape(
         reply = await client.get("/api/v1/devices", headers=world.auth("a-viewer"))
     assert_error(reply, 500, "internal_error")
     assert "a bug" not in reply.text  # details stay in the log
+
+
+# --- hardening: what hostile testing found -----------------------------------------------------
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """A metadata object ``depth`` levels deep (itself being level 1)."""
+    node: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        node = {"n": node}
+    return node
+
+
+async def test_device_metadata_is_bounded_and_a_stored_monster_breaks_no_read(
+    world: World, engine: AsyncEngine
+) -> None:
+    c, h = world.client, world.auth("a-operator")
+    uid = f"meta-{uuid.uuid4().hex[:8]}"
+    for metadata, problem in (
+        (_nested(300), "nested deeper than 8 levels"),
+        (_nested(9), "nested deeper than 8 levels"),
+        ({f"k{i}": i for i in range(257)}, "more than 256 keys"),
+        ({"k" * 129: 1}, "at most 128 characters"),
+    ):
+        reply = await c.post("/api/v1/devices", json={"uid": uid, "metadata": metadata}, headers=h)
+        assert_error(reply, 422, "invalid_request")
+        assert problem in reply.text, reply.text
+        assert_error(await c.get(f"/api/v1/devices/{uid}", headers=h), 404, "not_found")
+    made = await c.post("/api/v1/devices", json={"uid": uid, "metadata": _nested(8)}, headers=h)
+    assert made.status_code == 201 and made.json()["metadata"] == _nested(8)
+    patched = await c.patch(f"/api/v1/devices/{uid}", json={"metadata": _nested(300)}, headers=h)
+    assert_error(patched, 422, "invalid_request")
+
+    # Metadata stored before the bounds (or by hand) is shown as a note, never a 500.
+    from telemetra.store.catalog import get_device, update_device
+    from telemetra.store.tenancy import platform_wide
+
+    with platform_wide():
+        async with engine.begin() as conn:
+            row = await get_device(conn, uid, None)
+            await update_device(conn, row.id, {"metadata": _nested(300)})
+    one = await c.get(f"/api/v1/devices/{uid}", headers=h)
+    assert one.status_code == 200 and "_unreadable" in one.json()["metadata"], one.text
+    listed = await c.get("/api/v1/devices", headers=h)
+    assert listed.status_code == 200 and uid in [d["uid"] for d in listed.json()["items"]]
+    fixed = await c.patch(f"/api/v1/devices/{uid}", json={"metadata": {"site": "n"}}, headers=h)
+    assert fixed.json()["metadata"] == {"site": "n"}
+
+
+def test_metadata_bounds_in_size() -> None:
+    from telemetra.store.catalog import metadata_problem
+
+    assert metadata_problem({"blob": "x" * 16_370}) is None
+    assert "at most 16384" in str(metadata_problem({"blob": "x" * 17_000}))
+    assert metadata_problem([1]) == "metadata must be a JSON object"
+
+
+async def test_the_broker_s_own_logins_are_not_device_ids(world: World) -> None:
+    for uid in ("telemetra-ingest", "chirpstack"):
+        reply = await world.client.post(
+            "/api/v1/devices", json={"uid": uid}, headers=world.auth("a-operator")
+        )
+        assert_error(reply, 422, "invalid_request")
+        assert f"device id {uid!r} is reserved" in reply.json()["error"]["message"]
+
+
+def test_the_cli_refuses_the_broker_s_own_logins(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from telemetra.cli import app
+
+    env = {"TELEMETRA_DATA_DIR": str(tmp_path / "data"), "TELEMETRA_DATABASE_URL": ""}
+    result = CliRunner().invoke(app, ["device", "create", "chirpstack"], env=env)
+    assert result.exit_code == 1
+    assert "device id 'chirpstack' is reserved" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/v1/devices", b'{"uid": "caf\xe9"}'),
+        ("PATCH", "/api/v1/devices/x", b'{"name": "caf\xe9"}'),
+        ("POST", "/api/v1/users", b'{"username": "\xff", "password": "long enough"}'),
+        ("POST", "/api/v1/tenants", b'{"name": "\xff"}'),
+        ("POST", "/api/v1/devices", b"[" * 4000),  # too deep for the JSON parser
+    ],
+)
+async def test_an_unreadable_json_body_is_a_422(
+    world: World, method: str, path: str, body: bytes
+) -> None:
+    reply = await world.client.request(
+        method, path, content=body, headers={**world.auth("a-owner"),
+                                             "Content-Type": "application/json"}
+    )  # fmt: skip
+    assert_error(reply, 422, "invalid_request")
+    assert reply.json()["error"]["details"][0]["field"].startswith("body")
+
+
+async def test_a_batch_that_is_not_a_json_array_is_a_422(world: World) -> None:
+    made = await world.client.post(
+        "/api/v1/devices", json={"uid": f"b-{uuid.uuid4().hex[:8]}"}, headers=world.auth("a-owner")
+    )
+    key = {"X-API-Key": made.json()["token"]}
+    for body in (b"\xff\xfe", b"{not json", b'{"an": "object"}'):
+        reply = await world.client.post("/api/v1/ingest/batch", content=body, headers=key)
+        assert_error(reply, 422, "invalid_request")
+
+
+async def _outage_requests(c: httpx.AsyncClient) -> list[httpx.Response]:
+    from telemetra.api.auth import Caller, issue_token
+
+    token = issue_token(SECRET, Caller(1, "maria", 1, "viewer"), 60, "a hash")
+    return [
+        await c.post("/api/v1/auth/token", data={"username": "maria", "password": "x" * 8}),
+        await c.get("/api/v1/devices", headers={"Authorization": f"Bearer {token}"}),
+        await c.post("/api/v1/ingest", json={"t": 1}, headers={"X-API-Key": "a device token"}),
+    ]
+
+
+def _assert_unavailable(replies: list[httpx.Response], err: str) -> None:
+    for reply in replies:
+        assert_error(reply, 503, "unavailable")
+        assert reply.headers["Retry-After"] == "5"
+        assert "database is unavailable" in reply.json()["error"]["message"]
+    lines = [line for line in err.splitlines() if "database unavailable" in line]
+    assert len(lines) == len(replies), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("outage", ["port closed", "connections cut, then back"])
+async def test_a_database_that_goes_away_is_a_503_and_one_log_line(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], outage: str
+) -> None:
+    """asyncpg raises a refused or reset connection as a plain OSError: 503 with Retry-After
+    and one log line per request, not a 500 with a traceback; back to 200 once it is back."""
+    from urllib.parse import urlsplit
+
+    from telemetra import logs
+    from telemetra.store.database import open_database
+
+    from api_fixtures import make_world
+    from conftest import TcpProxy
+
+    logs.configure("console")
+    port = urlsplit(pg_url).port or 5432
+    proxy = TcpProxy(port)
+    url = pg_url.replace(f":{port}/", f":{proxy.port}/", 1)
+    engine = await open_database(url, migrate_schema=False)
+    worlds = make_world(engine, url, tmp_path)
+    try:
+        world = await anext(worlds)
+        c, h = world.client, world.auth("a-viewer")
+        assert (await c.get("/api/v1/devices", headers=h)).status_code == 200
+        if outage == "port closed":
+            proxy.close()  # nothing listens: ConnectionRefusedError
+        else:
+            proxy.take_down()  # open connections cut, new ones closed at once
+        capsys.readouterr()
+        _assert_unavailable(await _outage_requests(c), capsys.readouterr().err)
+        if outage == "port closed":
+            return
+        proxy.bring_up()
+        statuses = []
+        for _ in range(5):  # a connection cut meanwhile may fail once more
+            statuses.append((await c.get("/api/v1/devices", headers=h)).status_code)
+            if statuses[-1] == 200:
+                break
+        assert statuses[-1] == 200 and set(statuses) <= {200, 503}, statuses
+    finally:
+        await worlds.aclose()
+        await engine.dispose()
+        proxy.close()
