@@ -1269,10 +1269,12 @@ def deadletter_list(
         return
     table = Table("id", "received", "device", "reason", "detail", "replayed")
     for d in found:
+        replayed = ""
+        if d.replayed_at is not None:
+            replayed = f"{d.replay_outcome} at {format_us(d.replayed_at)}: {d.replay_detail}"
         table.add_row(
-            str(d.id), format_us(d.received_at), d.device_uid or "", d.reason, d.detail[:120],
-            "" if d.replayed_at is None else f"{d.replay_outcome} {format_us(d.replayed_at)}",
-        )  # fmt: skip
+            str(d.id), format_us(d.received_at), d.device_uid or "", d.reason, d.detail, replayed
+        )
     out.print(table)
     if len(found) == limit:
         console.print(f"… the newest {limit}; --limit for more")
