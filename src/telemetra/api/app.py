@@ -148,8 +148,9 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     # Outermost: a body over the limit is refused before authentication or parsing.
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
-    api = APIRouter(  # every route: some authentication, and the database
-        prefix="/api/v1", responses=errors.responses(401, 503, messages={503: errors.DATABASE_DOWN})
+    api = APIRouter(  # every route: some authentication, a body limit, and the database
+        prefix="/api/v1",
+        responses=errors.responses(401, 413, 503, messages={503: errors.DATABASE_DOWN}),
     )
     api.include_router(auth.router)
     api.include_router(accounts.router)
