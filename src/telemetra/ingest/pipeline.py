@@ -569,6 +569,8 @@ class Pipeline:
             counters: list[tuple[int, int, str] | None] = []  # quality counter per letter
             cap = self.settings.deadletter_payload_bytes
             for position, work in enumerate(works):
+                if not rejected[position]:
+                    continue
                 outcome = work.outcome
                 digest = payload_digest(outcome.message.payload)
                 equal: Counter[tuple[str, int | None, str | None]] = Counter()
