@@ -1269,11 +1269,11 @@ def deadletter_list(
         return
     table = Table("id", "received", "device", "reason", "detail", "replayed")
     for d in found:
-        replayed = ""
+        last = ""
         if d.replayed_at is not None:
-            replayed = f"{d.replay_outcome} at {format_us(d.replayed_at)}: {d.replay_detail}"
+            last = f"{d.replay_outcome} at {format_us(d.replayed_at)}: {d.replay_detail}"
         table.add_row(
-            str(d.id), format_us(d.received_at), d.device_uid or "", d.reason, d.detail, replayed
+            str(d.id), format_us(d.received_at), d.device_uid or "", d.reason, d.detail, last
         )
     out.print(table)
     if len(found) == limit:
