@@ -589,7 +589,9 @@ async def test_sim_tells_the_truth_and_register_makes_the_walkthrough_work(
         assert "rejected: unknown_device 60" in unregistered.stderr
 
         time.sleep(6)  # the worker re-asks about unknown devices after 5 s
-        registered = sim_cli(pg_url, mosquitto, *run_args, "--faults", "spike=0.2", "--register")
+        registered = sim_cli(
+            pg_url, mosquitto, *run_args, "--faults", "spike=0.2", "--register", "--processes", "2"
+        )
         assert registered.returncode == 0, registered.stderr
         assert "registered 5 devices in the default tenant (0 were there" in registered.stderr
         assert "60 of 60 messages acknowledged" in registered.stderr
