@@ -237,6 +237,7 @@ CALLS = (
     Call("GET", "/devices/{uid}/export", "viewer", 404, {**SINCE, "format": "parquet"},
          note="parquet"),
     Call("GET", "/users", "owner", 404, {"tenant": "{tenant}"}, note="?tenant=a"),
+    Call("GET", "/devices", "viewer", 404, {"tenant": "{tenant}"}, note="?tenant=a"),
     Call("GET", "/users/{user_id}", "owner", 404),
     Call("GET", "/tenants/{tenant_id}", "viewer", 404),
     # Lists: nothing of tenant a, filtered by its names or not.
@@ -281,6 +282,8 @@ CALLS = (
     Call("DELETE", "/tenants/{tenant_id}", "admin", 404, writes=True),
     Call("POST", "/users", "owner", 403,
          body={"username": "intruder-{tag}", "password": PASSWORD, "tenant": "{tenant}"},
+         note="into tenant a", writes=True),
+    Call("POST", "/devices", "operator", 403, body={"uid": "intruder-{tag}", "tenant": "{tenant}"},
          note="into tenant a", writes=True),
     Call("POST", "/tenants", "admin", 409, body={"name": "{tenant}"}, writes=True),
     # Names are global (MQTT topics, logins): taken is taken, but nothing else is told.
@@ -443,6 +446,57 @@ async def test_operators_and_owners_manage_devices(scene: Scene, who: str) -> No
     assert [d["uid"] for d in listed.json()["items"]] == [uid]
     assert (await c.delete(path, headers=h)).status_code == 204
     assert_error(await c.get(path, headers=h), 404, "not_found")
+    assert await snapshot(scene) == scene.before
+
+
+async def test_a_platform_admin_sees_and_chooses_the_tenant_of_devices(scene: Scene) -> None:
+    """Every device names its tenant (id and name); an admin lists one tenant's devices with
+    ?tenant= and registers a device in any tenant with "tenant"; nobody else can."""
+    from telemetra.store.catalog import create_user, tenant_id_by_name
+
+    from api_fixtures import _HASH
+
+    c, w, tag = scene.world.client, scene.world, scene.target["tag"]
+    admin = f"admin-{tag}"
+    with platform_wide():
+        async with scene.engine.begin() as conn:
+            await create_user(
+                conn, await tenant_id_by_name(conn, w.tenant_b), admin, _HASH, "admin"
+            )
+    login = await c.post(f"{API}/auth/token", data={"username": admin, "password": PASSWORD})
+    h = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+    everything = await c.get(f"{API}/devices", params={"limit": 1000}, headers=h)
+    mine = [d for d in everything.json()["items"] if d["uid"] == scene.uid]
+    assert [(d["tenant_id"], d["tenant"]) for d in mine] == [(scene.tenant_a_id, w.tenant_a)]
+    only_a = await c.get(f"{API}/devices", params={"tenant": w.tenant_a}, headers=h)
+    assert {d["tenant"] for d in only_a.json()["items"]} == {w.tenant_a}
+    assert_error(
+        await c.get(f"{API}/devices", params={"tenant": f"no-{tag}"}, headers=h), 404, "not_found"
+    )
+
+    uid = f"{w.tenant_a}-by-admin"
+    made = await c.post(f"{API}/devices", json={"uid": uid, "tenant": w.tenant_a}, headers=h)
+    assert made.status_code == 201, made.text
+    assert (made.json()["tenant_id"], made.json()["tenant"]) == (scene.tenant_a_id, w.tenant_a)
+    seen = await c.get(f"{API}/devices/{uid}", headers=w.auth("a-viewer"))
+    assert seen.json()["tenant"] == w.tenant_a
+    unknown = await c.post(f"{API}/devices", json={"uid": f"x-{tag}", "tenant": f"no-{tag}"},
+                           headers=h)  # fmt: skip
+    assert_error(unknown, 422, "invalid_request")
+    # Within their own tenant, naming it is fine; tenant_id is not a field.
+    own = await c.post(
+        f"{API}/devices", json={"uid": f"{w.tenant_b}-own", "tenant": w.tenant_b},
+        headers=w.auth("b-operator"),
+    )  # fmt: skip
+    assert own.status_code == 201 and own.json()["tenant"] == w.tenant_b
+    assert_error(
+        await c.post(f"{API}/devices", json={"uid": f"y-{tag}", "tenant_id": 1}, headers=h),
+        422,
+        "invalid_request",
+    )
+    for gone in (uid, f"{w.tenant_b}-own"):
+        assert (await c.delete(f"{API}/devices/{gone}", headers=h)).status_code == 204
     assert await snapshot(scene) == scene.before
 
 
