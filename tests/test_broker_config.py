@@ -585,3 +585,52 @@ def test_oversized_payloads_never_reach_the_workers(
     for observer in (ingest, monitor):
         got = observer.wait_for(f"devices/{fleet.b}/telemetry", "1" * (256 * 1024), timeout=10)
         assert all(topic != f"devices/{fleet.a}/telemetry" for topic, _ in got)
+
+
+def test_serve_as_another_user_keeps_the_broker_in_step(clients: list[Client]) -> None:
+    """broker-config as root with --user for serve's user, the folder given to that user
+    (docs/production.md): its device changes reach, and reload, the running broker."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    mosquitto_exe()
+    with _shared_folder(None) as base:
+        out, data, port = base / "broker", base / "data", free_port()
+        env = {**os.environ, "TELEMETRA_DATA_DIR": str(data), "TELEMETRA_DATABASE_URL": "",
+               "TELEMETRA_MQTT_PASSWORD": INGEST_PW, "TELEMETRA_BROKER_DIR": str(out)}  # fmt: skip
+
+        def telemetra(user: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*_as(user), sys.executable, "-m", "telemetra.cli", *args],
+                env=env, capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+
+        done = telemetra(None, "broker-config", "--out", str(out), "--tls-port", str(port),
+                         "--bind", "127.0.0.1", "--user", "nobody")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        subprocess.run(["chown", "-R", "nobody", str(out), str(data)], check=True)
+        subprocess.run([mosquitto_exe(), "-c", str(out / "mosquitto.conf"), "-d"], check=True)
+        pid = _daemon_pid(out / "run" / "mosquitto.pid")
+        try:
+            wait_for_port(port)
+            uid = f"dev-{uuid.uuid4().hex[:6]}"
+            made = telemetra("nobody", "device", "create", uid)
+            assert made.returncode == 0 and "updated, reloaded" in made.stderr, made.stderr
+            device = Client(port, ca=out / "ca.pem", username=uid,
+                            password=made.stdout.strip().splitlines()[-1])  # fmt: skip
+            clients.append(device)
+            assert device.connected()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def test_a_later_config_without_mtls_drops_the_service_certificates(tmp_path: Path) -> None:
+    ca = DeviceCA.load_or_create(tmp_path / "ca")
+    out = tmp_path / "out"
+    options: dict[str, Any] = {"ingest_password": INGEST_PW, "chirpstack_password": "c",
+                               "user": getpass.getuser(), "validate": False}  # fmt: skip
+    write_config(out, [], ca, require_certificate=True, **options)
+    assert (out / "ingest.key").exists() and (out / "chirpstack.key").exists()
+    write_config(out, [], ca, **options)
+    assert not [p.name for p in out.iterdir() if p.suffix in (".crt", ".key") and
+                p.name != "server.key"]  # fmt: skip

@@ -831,6 +831,10 @@ def write_config(
         # mosquitto.conf last: a broker started meanwhile finds the files it names.
         for name in files:
             os.replace(folder / name, out / name)
+        # Service certificates of an earlier --mtls configuration would mislead (README step 5).
+        for name in ("ingest.crt", "ingest.key", "chirpstack.crt", "chirpstack.key"):
+            if name not in files:
+                (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     log.info(
