@@ -3,6 +3,7 @@ imported twice or a rejection seen again is dead-lettered and counted once."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from pathlib import Path
@@ -15,11 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from telemetra import metrics as prometheus
 from telemetra.config import Settings
 from telemetra.ingest.importer import import_file, import_pipeline
+from telemetra.ingest.mqtt import MqttIngest
 from telemetra.ingest.pipeline import Message, Pipeline
 from telemetra.store import query
 from telemetra.store.catalog import create_device, create_tenant
 from telemetra.store.schema import dead_letters
 from telemetra.store.write import add_dead_letters, dead_letter_row
+
+from broker_fixtures import Client
+from conftest import Broker
 
 TS_MS = time.time_ns() // 1_000_000 - 60_000
 
@@ -156,3 +161,38 @@ async def test_add_dead_letters_inserts_or_ignores(engine: AsyncEngine) -> None:
         assert stored.scalar() == 1
     [letter] = await _letters(engine, device_uid=uid)
     assert letter.payload == b"x" * 10 and letter.payload_size == 100 and letter.received_at == 1
+
+
+async def test_a_rejected_message_sent_again_over_mqtt_is_dead_lettered_once(
+    engine: AsyncEngine, db_url: str, mosquitto: Broker, clients: list[Any]
+) -> None:
+    """Over a real Mosquitto: the same rejected payload delivered twice (a device resending what
+    was not acknowledged, or the broker redelivering) is acked as rejected both times, kept as
+    one dead letter and counted once."""
+    uid, tenant_id = await _device(engine)
+    settings = Settings(
+        database_url=db_url, mqtt_url=mosquitto.url, batch_max_wait_ms=20,
+        mqtt_client_id=f"ingest-{uid}",
+    )  # fmt: skip
+    worker = MqttIngest(settings, Pipeline(engine, settings))
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    device = Client(mosquitto.port)
+    clients.append(device)
+    try:
+        await asyncio.wait_for(worker.connected.wait(), 10)
+        device.subscribe(f"devices/{uid}/acks")
+        body = orjson.dumps({"ts": TS_MS, "temperature": 21.5, "humidity": 900}).decode()
+        acks = []
+        for _ in range(2):
+            device.publish(f"devices/{uid}/telemetry", body)
+            got = await asyncio.to_thread(device.receive, 3.0)
+            acks += [orjson.loads(payload) for topic, payload in got if topic.endswith("/acks")]
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    assert [[r["reason"] for r in a["rejected"]] for a in acks] == [["out_of_range"]] * 2
+    assert [d.reason for d in await _letters(engine, device_uid=uid)] == ["out_of_range"]
+    counts = await _counters(engine, uid, tenant_id)
+    assert counts["rejected:out_of_range"] == 1 and counts["duplicate_rejection"] == 1
+    assert counts["accepted"] == 1 and counts["duplicate"] == 1
