@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -196,3 +198,26 @@ async def test_a_rejected_message_sent_again_over_mqtt_is_dead_lettered_once(
     counts = await _counters(engine, uid, tenant_id)
     assert counts["rejected:out_of_range"] == 1 and counts["duplicate_rejection"] == 1
     assert counts["accepted"] == 1 and counts["duplicate"] == 1
+
+
+@given(st.binary(max_size=64), st.binary(max_size=64), st.integers(0, 2**62), st.text(max_size=20))
+def test_a_fingerprint_names_what_was_rejected_not_when(
+    payload: bytes, other: bytes, received_at: int, detail: str
+) -> None:
+    def row(**changes: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = dict(
+            tenant_id=1, device_uid="d", source="mqtt", topic="devices/d/telemetry",
+            reason="out_of_range", detail="x", entry_index=0, metric="t", payload=payload,
+            received_at=1, cap=8,
+        )  # fmt: skip
+        return dead_letter_row(**{**fields, **changes})
+
+    same = row()["fingerprint"]
+    assert row(received_at=received_at, detail=detail, cap=0)["fingerprint"] == same
+    changed = [
+        row(payload=other), row(tenant_id=None), row(device_uid="e"), row(source="http"),
+        row(topic="devices/e/telemetry"), row(reason="conflict"), row(entry_index=None),
+        row(metric=None), row(ordinal=1),
+    ]  # fmt: skip
+    differs = [r["fingerprint"] != same for r in changed]
+    assert differs == [other != payload, *[True] * 8]
