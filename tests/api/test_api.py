@@ -303,6 +303,28 @@ async def test_the_broker_s_own_logins_are_not_device_ids(world: World) -> None:
         assert f"device id {uid!r} is reserved" in reply.json()["error"]["message"]
 
 
+async def test_a_custom_ingest_username_is_reserved_too(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    """broker-config --ingest-username my-ingest: the API (TELEMETRA_BROKER_DIR) refuses it."""
+    from api_fixtures import make_world
+
+    broker = tmp_path / "broker"
+    broker.mkdir()
+    (broker / "telemetra-broker.json").write_text('{"ingest_username": "my-ingest"}')
+    (broker / "services.passwd").write_text("")
+    worlds = make_world(engine, db_url, tmp_path / "data", broker_dir=broker)
+    try:
+        world = await anext(worlds)
+        reply = await world.client.post(
+            "/api/v1/devices", json={"uid": "my-ingest"}, headers=world.auth("a-operator")
+        )
+        assert_error(reply, 422, "invalid_request")
+        assert "device id 'my-ingest' is reserved" in reply.text
+    finally:
+        await worlds.aclose()
+
+
 def test_the_cli_refuses_the_broker_s_own_logins(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
