@@ -835,10 +835,12 @@ def import_(
 ) -> None:
     """Import readings from a file through the same decoding and cleaning as live data.
 
-    CSV: a header row; long form `device,ts,metric,value[,unit,event_id]` or wide form
+    CSV: a header row; long form `device,ts,metric,value[,text,unit,event_id]` or wide form
     `device,ts,<metric>,<metric>,...`. JSON lines: one native-format object or array per line
-    with a `device` key. Rejected lines are kept as dead letters with their line number;
-    importing a file twice stores nothing twice.
+    with a `device` key. Parquet: as CSV. Files of `telemetra export` import back (their flags,
+    ts_device and received_at columns are ignored: cleaning here sets its own). Rejected lines
+    are kept as dead letters with their line number; importing a file twice stores nothing
+    twice.
     """
     from pathlib import Path
 

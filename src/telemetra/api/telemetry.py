@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -14,7 +13,6 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from telemetra.api import errors
 from telemetra.api.auth import Caller, role
@@ -24,7 +22,6 @@ from telemetra.ingest.timestamps import format_us
 from telemetra.model import FlagName, flag_names
 from telemetra.store import export, query, schema, timerange
 from telemetra.store.query import Bucket, HistoryRow, LatestValue, Source
-from telemetra.store.schema import ROLLUPS
 from telemetra.store.timerange import US
 
 router = APIRouter(tags=["telemetry"], responses=errors.responses(422, 429))
@@ -232,76 +229,8 @@ def _readable() -> Iterator[None]:
 # --- aggregation over rollups and raw rows ----------------------------------------------------
 
 
-def pieces(start: int, end: int, widths: Sequence[int]) -> list[tuple[int, int]]:
-    """[start, end) split in time order so that the middle is aligned to the coarsest width and
-    only the edges need finer data (``widths`` coarsest first)."""
-    if start >= end:
-        return []
-    if not widths:
-        return [(start, end)]
-    w, finer = widths[0], widths[1:]
-    a, b = -(-start // w) * w, end // w * w
-    if a >= b:
-        return pieces(start, end, finer)
-    return [*pieces(start, a, finer), (a, b), *pieces(b, end, finer)]
-
-
-@dataclass(slots=True)
-class _Acc:
-    count: int
-    sum: float
-    min: float
-    max: float
-    first: float | None
-    last: float | None
-
-
-def _acc(b: Bucket) -> _Acc:
-    return _Acc(b.count or 0, b.sum or 0.0, b.min or 0.0, b.max or 0.0, b.first, b.last)
-
-
-async def aggregate_range(
-    conn: AsyncConnection,
-    tenant_id: int,
-    device_id: int,
-    metrics: Sequence[str],
-    start: int,
-    end: int,
-    bucket_us: int,
-    funcs: Sequence[str],
-) -> tuple[Source, dict[str, list[tuple[int, _Acc]]]]:
-    """Buckets over [start, end) with whole buckets from rollups and edges from finer data."""
-    widths = sorted((w for w in ROLLUPS if bucket_us % w == 0), reverse=True)
-    parts = pieces(start, end, widths)
-    main = max(parts, key=lambda p: p[1] - p[0])
-    edges = [f for f in ("first", "last") if f in funcs]
-    wanted = ("count", "sum", "min", "max", *edges)
-    merged: dict[tuple[str, int], _Acc] = {}
-    known = await query.metric_ids(conn, metrics)
-    for s, e in parts:  # in time order: the first piece with data holds a bucket's first value
-        for b in await query.aggregate(
-            conn, tenant_id, device_id, metrics=metrics, start=s, end=e,
-            bucket_us=bucket_us, funcs=wanted, known=known,
-        ):  # fmt: skip
-            key = (b.metric, b.start)
-            acc = merged.get(key)
-            if acc is None:
-                merged[key] = _acc(b)
-                continue
-            acc.count += b.count or 0
-            acc.sum += b.sum or 0.0
-            acc.min = min(acc.min, b.min or 0.0) if b.count else acc.min
-            acc.max = max(acc.max, b.max or 0.0) if b.count else acc.max
-            if b.last is not None:
-                acc.last = b.last
-    series: dict[str, list[tuple[int, _Acc]]] = {m: [] for m in metrics}
-    for (metric, bucket_start), acc in sorted(merged.items()):
-        series[metric].append((bucket_start, acc))
-    return query.aggregate_source(main[0], main[1], bucket_us), series
-
-
 def _point(
-    bucket_start: int, acc: _Acc, funcs: Sequence[str], zone: ZoneInfo | None = None
+    bucket_start: int, acc: query.Acc, funcs: Sequence[str], zone: ZoneInfo | None = None
 ) -> PointOut:
     values: dict[str, Any] = {
         "avg": acc.sum / acc.count,
@@ -508,7 +437,7 @@ async def device_aggregate(
             for b in buckets:
                 points[b.metric].append(_calendar_point(b, funcs, zone))
         else:
-            source, series = await aggregate_range(
+            source, series = await query.aggregate_range(
                 conn, device.tenant_id, device.id, metrics, s, e, plan.width_us, funcs
             )
             for m in metrics:

@@ -7,6 +7,10 @@ nothing twice (readings are keyed by device, metric and event time; rows without
 keyed by their ``event_id`` if they have one, else by their content, and keep the time of
 their first import).
 
+Every file ``telemetra export`` writes imports back to the same readings (see
+``telemetra.store.export``): long-form tables may carry a text reading in a ``text`` column,
+and the export's ``flags``, ``ts_device`` and ``received_at`` columns are accepted and ignored.
+
 The file is streamed: only one batch of messages is held in memory at a time. Nothing a line
 contains aborts the import; every problem becomes a rejection with its line number. Only
 problems with the file as a whole (unknown format, missing CSV header or device column) raise

@@ -482,6 +482,76 @@ _FINENESS: dict[Source, int] = {"raw": 0, "rollup_1m": 1, "rollup_1h": 2}
 _SPANS_PER_QUERY = 100
 
 
+def pieces(start: int, end: int, widths: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, end) split in time order so that the middle is aligned to the coarsest width and
+    only the edges need finer data (``widths`` coarsest first)."""
+    if start >= end:
+        return []
+    if not widths:
+        return [(start, end)]
+    w, finer = widths[0], widths[1:]
+    a, b = -(-start // w) * w, end // w * w
+    if a >= b:
+        return pieces(start, end, finer)
+    return [*pieces(start, a, finer), (a, b), *pieces(b, end, finer)]
+
+
+@dataclass(slots=True)
+class Acc:
+    """Aggregates of one bucket, merged from the pieces that cover it."""
+
+    count: int
+    sum: float
+    min: float
+    max: float
+    first: float | None
+    last: float | None
+
+
+def _acc(b: Bucket) -> Acc:
+    return Acc(b.count or 0, b.sum or 0.0, b.min or 0.0, b.max or 0.0, b.first, b.last)
+
+
+async def aggregate_range(
+    conn: AsyncConnection,
+    tenant_id: int,
+    device_id: int,
+    metrics: Sequence[str],
+    start: int,
+    end: int,
+    bucket_us: int,
+    funcs: Sequence[str],
+) -> tuple[Source, dict[str, list[tuple[int, Acc]]]]:
+    """Buckets over [start, end) with whole buckets from rollups and edges from finer data."""
+    widths = sorted((w for w in ROLLUPS if bucket_us % w == 0), reverse=True)
+    parts = pieces(start, end, widths)
+    main = max(parts, key=lambda p: p[1] - p[0])
+    edges = [f for f in ("first", "last") if f in funcs]
+    wanted = ("count", "sum", "min", "max", *edges)
+    merged: dict[tuple[str, int], Acc] = {}
+    known = await metric_ids(conn, metrics)
+    for s, e in parts:  # in time order: the first piece with data holds a bucket's first value
+        for b in await aggregate(
+            conn, tenant_id, device_id, metrics=metrics, start=s, end=e,
+            bucket_us=bucket_us, funcs=wanted, known=known,
+        ):  # fmt: skip
+            key = (b.metric, b.start)
+            acc = merged.get(key)
+            if acc is None:
+                merged[key] = _acc(b)
+                continue
+            acc.count += b.count or 0
+            acc.sum += b.sum or 0.0
+            acc.min = min(acc.min, b.min or 0.0) if b.count else acc.min
+            acc.max = max(acc.max, b.max or 0.0) if b.count else acc.max
+            if b.last is not None:
+                acc.last = b.last
+    series: dict[str, list[tuple[int, Acc]]] = {m: [] for m in metrics}
+    for (metric, bucket_start), acc in sorted(merged.items()):
+        series[metric].append((bucket_start, acc))
+    return aggregate_source(main[0], main[1], bucket_us), series
+
+
 def split_by_source(start: int, end: int) -> list[tuple[int, int, Source]]:
     """[start, end) in time order as pieces each read whole from one table: the middle from the
     coarsest rollup its boundaries allow, the edges from finer rollups or raw rows."""
