@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -202,3 +203,35 @@ async def test_what_the_fuzzer_found_is_a_clear_4xx(world: World, db_url: str) -
             assert_error(reply, 422, "invalid_request")
         else:
             assert reply.status_code == 200, reply.text  # SQLite stores NUL characters
+
+
+# --- device metadata: the bounds, against an independent measure -----------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                 max_size=3),
+    max_leaves=40,
+)  # fmt: skip
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+@given(st.dictionaries(st.text(max_size=3), _JSON, max_size=4), st.integers(0, 12))
+@settings(max_examples=300, deadline=None)
+def test_metadata_bounds_match_an_independent_depth(metadata: dict[str, Any], wrap: int) -> None:
+    from telemetra.store.catalog import METADATA_MAX_DEPTH, metadata_problem
+
+    for _ in range(wrap):
+        metadata = {"w": [metadata]}  # two levels per wrap
+    problem = metadata_problem(metadata)
+    if _depth(metadata) > METADATA_MAX_DEPTH:
+        assert problem is not None and "nested deeper" in problem
+    else:
+        assert problem is None  # small: within size and key bounds

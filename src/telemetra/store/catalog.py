@@ -234,7 +234,7 @@ def metadata_problem(metadata: Any) -> str | None:
     try:
         size = len(orjson.dumps(metadata))
     except (TypeError, orjson.JSONEncodeError):
-        return "metadata must be JSON (objects, arrays, text, finite numbers, true/false/null)"
+        return "metadata must be plain JSON (integers within 64 bits)"
     if size > METADATA_MAX_BYTES:
         return f"metadata is {size} bytes as JSON; at most {METADATA_MAX_BYTES} are allowed"
     return None
