@@ -402,7 +402,9 @@ class MqttIngest:
             reporter.cancel()
             connecting.cancel()
             network.close()
-            log.info("ingest stopped", **self.pipeline.stats)
+            log.info(
+                "ingest stopped", retained_skipped=self.retained_skipped, **self.pipeline.stats
+            )
         if network.failure is not None:
             raise BrokerRefused(network.failure)
 
