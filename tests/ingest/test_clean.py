@@ -779,6 +779,30 @@ def test_drifting_sim_device_is_corrected_within_half_a_minute() -> None:
     assert abs(state.offset_us - 496 * S) <= S
 
 
+def test_a_verdict_survives_delayed_messages_but_not_a_clock_set_right() -> None:
+    policy = Policy()
+    state = DeviceState()
+    received = T0
+    for _ in range(30):  # 30 s, 1 message a second: verdict
+        observe_clock(state, received, 496 * S, policy)
+        received += S
+    assert state.offset_stable
+    for i in range(20):  # a congested link: every other message 10 s late
+        observe_clock(state, received, 496 * S - (i % 2) * 10 * S, policy)
+        received += S
+        assert state.offset_stable and applied_offset(state, policy) == 496 * S
+    for _ in range(60):  # NTP set the clock right: the old verdict goes
+        observe_clock(state, received, 0, policy)
+        received += S
+        if not state.offset_stable:
+            break
+    assert not state.offset_stable and applied_offset(state, policy) == 0
+    for _ in range(400):  # and a new one comes once the old samples have left the window
+        observe_clock(state, received, 0, policy)
+        received += S
+    assert state.offset_stable and state.offset_us == 0
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     offset_s=st.integers(130, 86_400) | st.integers(-86_400, -130),

@@ -194,7 +194,11 @@ def observe_clock(state: DeviceState, received_at: int, sample_us: int, policy: 
     high = _percentile(ordered, 0.9)
     span = received_at - offsets[0][0]
     if span >= policy.clock_min_span_us:
-        allowed = min(policy.clock_max_spread_us, span * policy.clock_spread_per_span)
+        # A verdict needs close agreement; once given, only a real disagreement (a clock set
+        # right, a backlog) withdraws it, not a few delayed messages.
+        allowed = policy.clock_max_spread_us
+        if not state.offset_stable:
+            allowed = min(allowed, int(span * policy.clock_spread_per_span))
         state.offset_us = high
         state.offset_stable = high - _percentile(ordered, 0.1) <= allowed
     elif not state.offset_stable:
