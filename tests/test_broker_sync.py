@@ -329,7 +329,9 @@ async def test_ready_checks_the_configured_broker_and_names_it(
         ({"mqtt_url": tls, "mqtt_ca_file": password_broker.ca_file}, 200, "ok"),
         ({"mqtt_url": tls}, 503, f"TLS certificate of localhost:{password_broker.port} not"),
         ({"mqtt_url": f"mqtt://localhost:{password_broker.port}"}, 200, "ok"),  # TCP only
-    ]
+        ({"mqtt_url": tls, "mqtt_ca_file": password_broker.out / "missing.pem"}, 503,
+         f"TLS settings for localhost:{password_broker.port} unusable"),
+    ]  # fmt: skip
     try:
         for options, status, check in cases:
             app = create_app(Settings(database_url=sqlite_url, secret_key=SECRET, **options),

@@ -68,6 +68,9 @@ async def _broker(settings: Settings) -> tuple[str, str]:
     name = broker_name(address)
     try:
         context = tls_context(settings) if address.tls else None
+    except (OSError, ssl.SSLError) as error:  # TELEMETRA_MQTT_CA_FILE, _CERT_FILE, _KEY_FILE
+        return name, f"TLS settings for {address.host}:{address.port} unusable: {error}"
+    try:
         async with asyncio.timeout(2):
             _, writer = await asyncio.open_connection(address.host, address.port, ssl=context)
         writer.close()
