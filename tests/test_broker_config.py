@@ -452,8 +452,16 @@ def test_readme_broker_steps_work_as_root_and_as_an_ordinary_user(
     """`broker-config --out` (default --user), `mosquitto -c … -d`, a device created with
     TELEMETRA_BROKER_DIR: the broker runs, drops to its user as root, and takes the device."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to run as both root and another user")
+        if as_user is None:
+            pytest.skip("run as root for the root case")
+        as_user = None  # we are the ordinary user: run as ourselves
     mosquitto_exe()
+    if as_user is not None:
+        expected_uid = pwd.getpwnam(as_user).pw_uid
+    elif os.geteuid() == 0:
+        expected_uid = pwd.getpwnam("mosquitto").pw_uid  # started as root, it drops to its user
+    else:
+        expected_uid = os.geteuid()
     with _shared_folder(as_user) as base:
         out = base / "mosquitto" / "telemetra"
         port = free_port()
@@ -484,7 +492,7 @@ def test_readme_broker_steps_work_as_root_and_as_an_ordinary_user(
         try:
             wait_for_port(port)
             runs_as = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0])
-            assert runs_as == pwd.getpwnam(as_user or "mosquitto").pw_uid
+            assert runs_as == expected_uid
             ca = out / "ca.pem"
             ingest = Client(port, ca=ca, username="telemetra-ingest", password=INGEST_PW)
             clients.append(ingest)
