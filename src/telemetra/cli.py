@@ -754,7 +754,7 @@ def sim_(
     ] = False,
     ack_wait: Annotated[
         float,
-        typer.Option(help="seconds to wait for ingest's acks after sending (0: don't listen)"),
+        typer.Option(help="stop waiting for ingest's acks after this many quiet seconds (0: off)"),
     ] = 10.0,
 ) -> None:
     """Publish a simulated fleet (realistic signals, faults on demand) to TELEMETRA_MQTT_URL.

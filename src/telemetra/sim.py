@@ -1106,6 +1106,7 @@ class _Observer:
 
         self.outcomes = Outcomes()
         self._lock = threading.Lock()
+        self._heard = 0.0  # when the last ack or dead letter of the fleet arrived (monotonic)
         self._devices = devices
         self._routes = tuple(routes)
         self._match = match
@@ -1154,10 +1155,12 @@ class _Observer:
                 # Rejections on routes with an ack topic are counted from the ack.
                 if device in self._devices and found is not None and found.ack_topic is None:
                     self.outcomes.add_dead_letter(device, payload)
+                    self._heard = time.monotonic()
                 return
             found = self._match(self._acks, msg.topic)
             if found is not None and found.device in self._devices:
                 self.outcomes.add_ack(found.device, payload)
+                self._heard = time.monotonic()
 
     def expect(self, with_ack: int, without_ack: int) -> None:
         """How many messages were sent on routes with and without an ack topic."""
@@ -1166,14 +1169,16 @@ class _Observer:
             self.outcomes.without_ack = without_ack
 
     def wait(self, timeout_s: float, quiet_s: float = 0.5) -> Outcomes:
-        """Wait for the outstanding acks (at most ``timeout_s``), then a quiet moment."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """Wait for the outstanding acks while ingest answers: until ``timeout_s`` passes
+        without one (a worker still draining a backlog is waited for), then a quiet moment
+        for the dead letters of routes without acks."""
+        started = time.monotonic()
+        while time.monotonic() < max(started, self._heard) + timeout_s:
             with self._lock:
                 if self.outcomes.complete or self.outcomes.subscribe_error:
+                    time.sleep(quiet_s)
                     break
             time.sleep(0.05)
-        time.sleep(min(quiet_s, max(0.0, deadline - time.monotonic())))
         return self.outcomes
 
     def close(self) -> None:
@@ -1241,8 +1246,8 @@ def run(
     (default ``devices / rate``, or 1 s) and ends near now. At QoS>0 every publish is acknowledged
     before returning. ``progress`` receives the running total of messages sent. With
     ``confirm`` the run listens on its devices' ack topics (of ``routes``, default the built-in
-    ones) and on ``telemetra/deadletter``, waits up to ``ack_wait_s`` for the outstanding
-    acks and reports what ingest stored in ``SimReport.outcomes``.
+    ones) and on ``telemetra/deadletter``, waits for the outstanding acks until ``ack_wait_s``
+    pass without one, and reports what ingest stored in ``SimReport.outcomes``.
     """
     if count is None and duration_s is None:
         raise ValueError("give count or duration_s: the simulator must stop by itself")
