@@ -895,3 +895,21 @@ def test_every_flag_has_a_name() -> None:
     assert {bit: name.upper() for bit, name in FLAG_NAMES.items()} == bits
     assert list(FLAG_NAMES.values()) == list(get_args(FlagName))
     assert flag_names(65) == ["late", "naive_time"] and flag_names(0) == []
+
+
+async def test_parquet_without_pyarrow_is_501(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def missing() -> None:
+        raise export.ParquetUnavailable(export.NO_PYARROW)
+
+    monkeypatch.setattr(export, "_pyarrow", missing)
+    uid, _ = await new_device(world)
+    url = f"{API}/devices/{uid}/export"
+    reply = await world.client.get(
+        url, params={"format": "parquet"}, headers=world.auth("a-viewer")
+    )
+    assert_error(reply, 501, "not_implemented")
+    assert "pyarrow" in reply.json()["error"]["message"]
+    csv_still = await world.client.get(url, headers=world.auth("a-viewer"))
+    assert csv_still.status_code == 200
