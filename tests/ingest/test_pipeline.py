@@ -3,6 +3,7 @@ unknown devices, time zones, latest by event time, poison isolation, fan-out."""
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from datetime import datetime
@@ -13,7 +14,7 @@ import orjson
 import pytest
 import structlog.testing
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra.config import Settings
@@ -23,6 +24,7 @@ from telemetra.model import Flag
 from telemetra.store import query
 from telemetra.store.catalog import create_device, create_tenant
 from telemetra.store.schema import dead_letters, devices, metrics, readings
+from telemetra.store.write import write_readings
 
 NOW_US = time.time_ns() // 1000
 TS_MS = NOW_US // 1000 - 60_000  # a minute ago: not late, not in the future
@@ -341,3 +343,30 @@ async def test_text_for_a_numeric_metric_is_rejected_and_dead_lettered(engine: A
         summary = await query.quality(conn, outcome.tenant_id, int(device_id))
     assert letter.reason == "not_numeric" and "'wet'" in letter.detail
     assert summary is not None and summary.rejected_by_reason == {"not_numeric": 1}
+
+
+async def test_the_postgresql_write_transaction_runs_without_jit(engine: AsyncEngine) -> None:
+    """JIT compiled the write statement on every commit of a big batch (~70 ms and more)."""
+    pipe, uid, _ = await setup(engine)
+    [outcome] = await pipe.process_until_stored([msg(uid, {"ts": TS_MS, "temperature": 20})])
+    assert outcome.accepted == 1
+    if engine.dialect.name != "postgresql":
+        return
+    prepared = await pipe.prepare([msg(uid, {"ts": TS_MS + 1000, "temperature": 21})])
+    row = next(iter(prepared.entries.values()))[0]
+    async with engine.begin() as conn:
+        await write_readings(conn, [row])
+        assert await conn.scalar(text("SHOW jit")) == "off"
+    async with engine.connect() as conn:  # only that transaction
+        assert await conn.scalar(text("SHOW jit")) == "on"
+
+
+def test_tune_gc_freezes_start_up_objects_and_raises_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        pipeline_module.tune_gc()
+        assert gc.get_threshold() == pipeline_module.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
