@@ -630,17 +630,20 @@ def _table_items(
         if group and (key != group_key or len(group) >= MAX_GROUP):
             yield flush()
         value = cells[layout.value]
-        if layout.text is not None and not _empty(cells[layout.text]):
-            if not _empty(value):
+        if _empty(value):
+            value = None
+        text = None if layout.text is None else cells[layout.text]
+        if text is not None and text != "":  # a text of spaces is a text (an empty cell: none)
+            if value is not None:
                 if group:
                     yield flush()
                 raw = ",".join(str(c) for c in cells).encode("utf-8", "replace")
                 detail = "row has both a value and a text; a reading is one or the other"
                 yield _Item([line_no], raw, device, Reason.BAD_SHAPE, detail)
                 continue
-            value = cells[layout.text]  # a text reading (as a string that reads as text)
+            value = text  # a text reading (as a string that reads as text)
         group_key = key
-        entry = {"event_type": cells[layout.metric], "value": None if _empty(value) else value}
+        entry = {"event_type": cells[layout.metric], "value": value}
         if ts is not None:
             entry["ts"] = ts
         if event_id is not None:
