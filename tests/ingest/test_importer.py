@@ -433,15 +433,17 @@ def test_cli_export_imports_back(
     monkeypatch.setenv("TELEMETRA_DATABASE_URL", db_url)
     monkeypatch.delenv("TELEMETRA_AUTO_REGISTER", raising=False)
     runner = CliRunner()
-    uid = f"exp-cli-{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:8]
+    uid, pulses = f"exp-cli-{tag}", f"pulses_{tag}"
     assert runner.invoke(app, ["device", "create", uid]).exit_code == 0
+    assert runner.invoke(app, ["rule", "set", pulses, "--unit", "imp"]).exit_code == 0
     t0 = base_s() * US_PER_S
     source = tmp_path / "source.jsonl"
     source.write_text(
         json.dumps({"device": uid, "ts": format_us(t0), "temperature": 21.5, "status": "open"})
         + "\n"
         + json.dumps({"device": uid, "ts": format_us(t0 + 1), "humidity": 40.125,
-                      "note": 'a "quoted",\nline', "count": 7})
+                      "note": 'a "quoted",\nline', pulses: 7})
         + "\n"
         + json.dumps({"device": uid, "ts": format_us(t0 + 60_000_001),
                       "event_type": "temperature", "value": 70, "unit": "F"})
@@ -457,7 +459,7 @@ def test_cli_export_imports_back(
         assert f"exported 6 readings of {uid} ({fmt}) to {files[fmt]}" in done.output
     want = exported_readings(files["csv"])
     assert len(want) == 6 and want[0][:2] == (uid, format_us(t0))
-    assert ("temperature", "°C") in {(r[2], r[5]) for r in want}
+    assert {("temperature", "°C"), (pulses, "imp")} <= {(r[2], r[5]) for r in want}
     assert not list(tmp_path.glob("*.part"))
 
     for fmt, path in files.items():
