@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Literal
 
 import orjson
 from sqlalchemy import or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telemetra.ingest.clean import RuleBook, RuleOverride
 from telemetra.ingest.timestamps import format_us
@@ -103,7 +103,7 @@ class Export:
         return self._units[row.metric]
 
 
-async def _rule_book(conn: Any, tenant_id: int) -> RuleBook:
+async def _rule_book(conn: AsyncConnection, tenant_id: int) -> RuleBook:
     """The stored rules that apply to a tenant's devices (its own and everyone's)."""
     rows = await conn.execute(
         select(metric_rules).where(
