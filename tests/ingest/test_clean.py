@@ -990,3 +990,14 @@ def test_overrides_inherit_unset_fields_and_scope_by_tenant() -> None:
         None, DeviceState(), book, T0, Policy(), tenant_id=7,
     )  # fmt: skip
     assert not accepted and rejected[0].reason is Reason.OUT_OF_RANGE
+
+
+@pytest.mark.parametrize("stored", ["C", "degC", "celsius", "°C"])
+def test_a_stored_unit_in_any_spelling_takes_readings_in_that_unit(stored: str) -> None:
+    # `telemetra rule set level --unit C` stored "C" while readings compare as "°C": every
+    # reading sent with unit C (and every re-import of an export) was rejected.
+    rules = RuleBook({(None, "temperature", None): RuleOverride(unit=stored)})
+    accepted, rejections, _ = run(rd(unit="C"), rules=rules)
+    assert rejections == []
+    assert [(r.value, r.unit) for r in accepted] == [(21.5, "°C")]
+    assert rules.rule("temperature", None).unit == "°C"

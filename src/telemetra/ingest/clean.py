@@ -109,7 +109,8 @@ class RuleBook:
                     found = Rule(
                         found.min_value if override.min_value is None else override.min_value,
                         found.max_value if override.max_value is None else override.max_value,
-                        override.unit or found.unit,
+                        # A stored "C" means °C: compare units in one spelling.
+                        normalise_unit(override.unit) if override.unit else found.unit,
                         override.kind or found.kind,
                     )
             self._cache[key] = found
@@ -298,8 +299,8 @@ def _apply_rule(reading: Reading, rule: Rule) -> Rejection | None:
                     metric=reading.metric,
                 )
             value = reading.value = convert(value)
-            reading.unit = rule.unit
             reading.flags |= Flag.UNIT_CONVERTED
+        reading.unit = rule.unit  # one spelling in storage: "C" is kept as "°C"
     if not math.isfinite(value):
         return Rejection(Reason.NON_FINITE_NUMBER, f"{value} is not finite", metric=reading.metric)
     if (rule.min_value is not None and value < rule.min_value) or (
