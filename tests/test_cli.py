@@ -54,6 +54,8 @@ def test_device_administration_on_the_embedded_default(sqlite_env: dict[str, str
     assert code == 0, out
     token = out.strip().splitlines()[-1]
     assert len(token) >= 40
+    # Without TELEMETRA_BROKER_DIR a broker without logins (the walkthrough's) needs nothing.
+    assert "a broker without logins, like the walkthrough's, needs none" in " ".join(out.split())
     code, out = invoke(sqlite_env, "device", "list", "--json")
     assert code == 0 and '"uid": "esp32-1"' in out and token not in out
     assert "token_hash" not in out and "broker_hash" not in out  # hashes stay in the database

@@ -351,8 +351,9 @@ def _sync_broker() -> bool:
     out = settings().broker_dir
     if out is None:
         console.print(
-            "broker: TELEMETRA_BROKER_DIR is not set; update Mosquitto's files with "
-            "`telemetra broker-config --out DIR --sync`",
+            "broker: TELEMETRA_BROKER_DIR is not set, so no broker files were updated "
+            "(a broker without logins, like the walkthrough's, needs none; for one written "
+            "by `broker-config`, set it or run `telemetra broker-config --out DIR --sync`)",
             highlight=False,
         )
         return True
