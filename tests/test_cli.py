@@ -168,13 +168,17 @@ def test_device_token_cert_and_broker_config(sqlite_env: dict[str, str], tmp_pat
     bundle = tmp_path / "c" / "esp-7.zip"
     assert oct(bundle.stat().st_mode & 0o777) == "0o600"
     assert {"esp-7.crt", "esp-7.key", "ca.crt"} <= set(zipfile.ZipFile(bundle).namelist())
+    tls_port = free_port()
     code, out = invoke(
         sqlite_env, "broker-config", "--out", str(tmp_path / "broker"),
-        "--ingest-password", "ingest-password-1", "--tls-port", str(free_port()),
+        "--ingest-password", "ingest-password-1", "--tls-port", str(tls_port),
         "--bind", "127.0.0.1", "--user", getpass.getuser(), "--chirpstack-password", "cs-pw-123",
+        "--hostname", "mqtt.example.org", "--hostname", "127.0.0.1",
     )  # fmt: skip
     assert code == 0, out
     assert "written for 1 devices" in out.replace("\n", " ")
+    # The ingest hint names the broker as its certificate does (the first --hostname).
+    assert f"TELEMETRA_MQTT_URL=mqtts://mqtt.example.org:{tls_port} " in out
     passwd = (tmp_path / "broker" / "passwd").read_text()
     assert "esp-7:$7$" in passwd and "chirpstack:$7$" in passwd
     assert "user chirpstack" in (tmp_path / "broker" / "acl").read_text()

@@ -722,7 +722,7 @@ def broker_config(
     )
     console.print(
         f"start it: mosquitto -c {conf} -d\n"
-        f"ingest:   TELEMETRA_MQTT_URL=mqtts://<host>:{tls_port} "
+        f"ingest:   TELEMETRA_MQTT_URL=mqtts://{(hostname or ['localhost'])[0]}:{tls_port} "
         f"TELEMETRA_MQTT_USERNAME=telemetra-ingest {login} "
         f"TELEMETRA_MQTT_CA_FILE={folder / 'ca.pem'} telemetra ingest",
         highlight=False,
