@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -73,6 +74,24 @@ def test_device_administration_on_the_embedded_default(sqlite_env: dict[str, str
     assert code == 1 and "no tenant named 'nope'" in out
     code, out = invoke(sqlite_env, "device", "create", "y", "--timezone", "Mars/Base")
     assert code == 1 and "unknown time zone" in out
+
+
+def test_device_list_shows_a_tiny_negative_clock_offset_as_zero(
+    sqlite_env: dict[str, str],
+) -> None:
+    for uid in ("on-time", "ahead"):
+        assert invoke(sqlite_env, "device", "create", uid)[0] == 0
+    db = Path(sqlite_env["TELEMETRA_DATA_DIR"]) / "telemetra.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE devices SET clock_offset_us = -30000 WHERE uid = 'on-time'")
+        conn.execute("UPDATE devices SET clock_offset_us = 496400000 WHERE uid = 'ahead'")
+    code, out = invoke({**sqlite_env, "COLUMNS": "200"}, "device", "list")
+    assert code == 0, out
+    line = {
+        uid: next(x for x in out.splitlines() if f" {uid} " in x) for uid in ("on-time", "ahead")
+    }
+    assert "+0.0 s" in line["on-time"] and "-0.0" not in out
+    assert "+496.4 s" in line["ahead"]
 
 
 def test_server_database_must_be_migrated_explicitly() -> None:

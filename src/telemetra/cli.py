@@ -403,9 +403,16 @@ def device_list(
         table.add_row(
             row.uid, row.tenant, row.name or "", row.type or "", row.status,
             format_us(row.last_seen) if row.last_seen else "never",
-            f"{row.clock_offset_us / 1e6:+.1f} s" if row.clock_offset_us is not None else "",
+            _offset_s(row.clock_offset_us),
         )  # fmt: skip
     out.print(table)
+
+
+def _offset_s(offset_us: int | None) -> str:
+    """A clock offset in seconds, one decimal: ``+496.4 s``; a tiny negative one is ``+0.0 s``."""
+    if offset_us is None:
+        return ""
+    return f"{round(offset_us / 1e6, 1) + 0.0:+.1f} s"  # + 0.0: no "-0.0"
 
 
 @rule_app.command("set")
