@@ -185,19 +185,29 @@ async def test_a_reference_cannot_pair_one_tenant_with_another_tenants_device(
         await engine.dispose()
 
 
-async def test_serve_warns_once_when_its_role_bypasses_rls(pg_url: str, tmp_path: Any) -> None:
-    from structlog.testing import capture_logs
-
+async def test_serve_warns_once_when_its_role_bypasses_rls(
+    pg_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from telemetra.api.app import create_app
     from telemetra.config import Settings
+    from telemetra.store import database
 
     from api_fixtures import SECRET
 
+    class Recorder:  # not structlog's capture_logs: a logger cached by an earlier test escapes it
+        def __init__(self) -> None:
+            self.events: list[dict[str, Any]] = []
+
+        def warning(self, event: str, **kw: Any) -> None:
+            self.events.append({"event": event, "log_level": "warning", **kw})
+
     for url, warned in ((pg_url, True), (await app_role_url(pg_url), False)):
         app = create_app(Settings(database_url=url, secret_key=SECRET, data_dir=tmp_path))
-        with capture_logs() as logs:
-            async with app.router.lifespan_context(app):
-                pass
+        recorder = Recorder()
+        monkeypatch.setattr(database, "log", recorder)
+        async with app.router.lifespan_context(app):
+            pass
+        logs = recorder.events
         warnings = [e for e in logs if e["log_level"] == "warning" and "Row-Level" in e["event"]]
         if warned:
             assert len(warnings) == 1, logs
