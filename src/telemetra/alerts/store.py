@@ -26,7 +26,10 @@ from telemetra.store.schema import (
     alert_rules,
     alert_series_state,
     alerts,
+    devices,
+    metrics,
     notification_outbox,
+    readings,
 )
 
 FIRING = "firing"
@@ -43,6 +46,10 @@ _OPEN_LITERAL = text("state <> 'resolved'")
 
 class RuleNameTaken(ValueError):
     """The tenant already has a rule of that name."""
+
+    @staticmethod
+    def message(name: str) -> str:
+        return f"an alert rule named {name!r} already exists; choose another name"
 
 
 class AlertStateError(ValueError):
@@ -167,7 +174,7 @@ async def _check_name(
     if rule_id is not None:
         query = query.where(r.id != rule_id)
     if await conn.scalar(query) is not None:
-        raise RuleNameTaken(f"an alert rule named {name!r} already exists; choose another name")
+        raise RuleNameTaken(RuleNameTaken.message(name))
 
 
 async def create_rule(
@@ -650,3 +657,49 @@ async def forget_series_state(
             return
         condition = and_(condition, or_(*pairs))
     await conn.execute(alert_series_state.delete().where(condition))
+
+
+# --- stored readings for a preview ------------------------------------------------------------
+
+
+async def devices_of(
+    conn: AsyncConnection, tenant_id: int
+) -> list[tuple[int, str, str | None, list[str]]]:
+    """(id, uid, type, tags) of the tenant's devices; tags are the metadata's ``tags`` list."""
+    d = devices.c
+    rows = await conn.execute(
+        select(d.id, d.uid, d.type, d.metadata).where(d.tenant_id == tenant_id).order_by(d.uid)
+    )
+    found = []
+    for device_id, uid, type_, meta in rows:
+        tags = (meta or {}).get("tags") if isinstance(meta, dict) else None
+        labels = [str(t) for t in tags] if isinstance(tags, list) else []
+        found.append((int(device_id), str(uid), type_, labels))
+    return found
+
+
+async def stored_readings(
+    conn: AsyncConnection,
+    tenant_id: int,
+    device_ids: Sequence[int],
+    metric: str | None,
+    start: int,
+    end: int,
+    limit: int,
+) -> list[tuple[str, str, int, float | None]]:
+    """(device uid, metric, ts, value) of the devices' readings in [start, end], oldest first,
+    at most ``limit``; of one metric, or of all (``metric`` None)."""
+    if not device_ids:
+        return []
+    r, d, m = readings.c, devices.c, metrics.c
+    query = (
+        select(d.uid, m.name, r.ts, r.value)
+        .select_from(readings.join(devices, d.id == r.device_id).join(metrics, m.id == r.metric_id))
+        .where(r.tenant_id == tenant_id, r.device_id.in_(device_ids), r.ts >= start, r.ts <= end)
+        .order_by(r.ts, r.device_id, r.metric_id)
+        .limit(limit)
+    )
+    if metric is not None:
+        query = query.where(m.name == metric)
+    rows = await conn.execute(query)
+    return [(str(u), str(n), int(t), None if v is None else float(v)) for u, n, t, v in rows]
