@@ -703,3 +703,25 @@ async def stored_readings(
         query = query.where(m.name == metric)
     rows = await conn.execute(query)
     return [(str(u), str(n), int(t), None if v is None else float(v)) for u, n, t, v in rows]
+
+
+async def put_rules(
+    conn: AsyncConnection,
+    tenant_id: int,
+    definitions: Sequence[dict[str, Any]],
+    *,
+    replace: bool = False,
+) -> list[tuple[StoredRule, bool]]:
+    """Store rules in one go: (rule, True) for each created, (rule, False) for each that
+    replaced the tenant's rule of that name (``replace``; else RuleNameTaken)."""
+    done = []
+    for definition in definitions:
+        named = await rules_named(conn, str(definition["name"]), tenant_id)
+        existing = named[0] if named else None
+        if existing is None:
+            done.append((await create_rule(conn, tenant_id, definition), True))
+        elif replace:
+            done.append((await update_rule(conn, existing, definition), False))
+        else:
+            raise RuleNameTaken(RuleNameTaken.message(existing.name))
+    return done
