@@ -288,3 +288,18 @@ def test_one_open_alert_per_series(
             else:
                 assert open_  # flapping and resolved only for an open alert
                 open_ = e.kind == "flapping"
+
+
+@given(any_rules, readings, st.integers(0, 1200))
+def test_inputs_never_change_the_state_they_are_given(
+    rule: Rule, raw: list[tuple[str, int, float]], now_s: int
+) -> None:
+    states: dict[SeriesKey, SeriesState] = {}
+    for p in points(raw):
+        key = (p.device, "m" if rule.metric else "")
+        before = states.get(key, SeriesState())
+        snapshot = before.to_dict()
+        states[key], _ = observe(rule, before, p)
+        assert before.to_dict() == snapshot
+        tick(rule, states[key], now_s * S, *key)
+        assert before.to_dict() == snapshot

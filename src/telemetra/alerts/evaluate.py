@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from telemetra.alerts.rules import (
     AnomalyCondition,
     ClockOffset,
     Compare,
+    Inside,
     NoDataCondition,
+    Outside,
     RateCondition,
     RejectionRate,
     Rule,
@@ -96,7 +98,7 @@ class Event:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SeriesState:
     """Everything one series remembers between inputs (JSON-serialisable via ``to_dict``)."""
 
@@ -114,6 +116,14 @@ class SeriesState:
     mean: float = 0.0  # anomaly: EWMA mean and variance, samples seen
     var: float = 0.0
     n: int = 0
+
+    def copy(self) -> SeriesState:
+        """A copy to update (its tuples are shared: they are replaced, never changed)."""
+        return SeriesState(
+            self.last_us, self.value, self.measure, self.raw, self.open, self.flapping,
+            self.pending_us, self.fired_us, self.clear_us, self.fires, self.window,
+            self.mean, self.var, self.n,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -164,51 +174,48 @@ def series_metric(rule: Rule, metric: str) -> str | None:
 
 
 # --- inputs ---------------------------------------------------------------------------------
+# Each input copies the state once and the helpers below update that copy: the caller's state
+# is never changed (a late reading hands back the very same object).
 
 
 def observe(rule: Rule, state: SeriesState, point: Point) -> tuple[SeriesState, list[Event]]:
     """Evaluate one committed reading of the series (late or unwatched: state unchanged)."""
     metric = series_metric(rule, point.metric)
     t = point.time_us
-    if (
-        metric is None
-        or rule.kind == "quality"
-        or (state.last_us is not None and t <= state.last_us)
-    ):
+    previous = state.last_us
+    if metric is None or rule.kind == "quality" or (previous is not None and t <= previous):
         return state, []
-    s, events = _advance(rule, state, t, point.device, metric, final=False)
-    s = replace(s, last_us=t)
+    s = state.copy()
+    device = point.device
+    events = _advance(rule, s, t, device, metric, final=False)
+    s.last_us = t
     x = point.value
     cond = rule.condition
     if isinstance(cond, NoDataCondition):
-        s = replace(s, value=x, measure=None)
-        s, more = _step(rule, s, t, False, True, point.device, metric)
-        return s, events + more
+        s.value, s.measure = x, None
+        return s, events + _step(rule, s, t, False, True, device, metric)
     if x is None:
         return s, events
-    s = replace(s, value=x)
+    s.value = x
     breach: bool | None
     clear: bool | None
     if isinstance(cond, RateCondition):
-        window = (*_rate_window(s.window, t - cond.window), (t, x))
-        s = replace(s, window=window)
-        if len(window) < 2:
+        s.window = (*_rate_window(s.window, t - cond.window), (t, x))
+        if len(s.window) < 2:
             return s, events
-        (t0, x0), (t1, x1) = window[0], window[-1]
-        r = (x1 - x0) / (t1 - t0) * cond.per
-        s = replace(s, measure=r)
+        (t0, x0), (t1, x1) = s.window[0], s.window[-1]
+        r = s.measure = (x1 - x0) / (t1 - t0) * cond.per
         breach = compare(cond.op, r, cond.value)
         clear = not breach if rule.clear is None else holds(rule.clear, r)
     elif isinstance(cond, AnomalyCondition):
-        s, breach = _anomaly(cond, s, state.last_us, t, x)
+        breach = _anomaly(cond, s, previous, t, x)
         clear = None if breach is None else not breach
     else:
-        assert not isinstance(cond, RejectionRate | ClockOffset)
-        s = replace(s, measure=x)
+        assert isinstance(cond, Compare | Outside | Inside)  # quality rules returned above
+        s.measure = x
         breach = holds(cond, x)
         clear = not breach if rule.clear is None else holds(rule.clear, x)
-    s, more = _step(rule, s, t, breach, clear, point.device, metric)
-    return s, events + more
+    return s, events + _step(rule, s, t, breach, clear, device, metric)
 
 
 def observe_quality(
@@ -218,33 +225,32 @@ def observe_quality(
     t = sample.time_us
     if rule.kind != "quality" or (state.last_us is not None and t <= state.last_us):
         return state, []
-    s, events = _advance(rule, state, t, sample.device, "", final=False)
-    s = replace(s, last_us=t)
+    s = state.copy()
+    events = _advance(rule, s, t, sample.device, "", final=False)
+    s.last_us = t
     cond = rule.condition
-    breach: bool | None
     if isinstance(cond, RejectionRate):
-        window = (*s.window, (t, sample.accepted, sample.rejected))
-        s, breach = _rejections(cond, replace(s, window=window), t)
+        s.window = (*s.window, (t, sample.accepted, sample.rejected))
+        breach = _rejections(cond, s, t)
     else:
         assert isinstance(cond, ClockOffset)
         if sample.clock_offset_us is None:
             return s, events
-        s = replace(s, measure=sample.clock_offset_us / 1e6)
+        s.measure = sample.clock_offset_us / 1e6
         breach = abs(sample.clock_offset_us) > cond.clock_offset
-    s, more = _step(rule, s, t, breach, not breach, sample.device, "")
-    return s, events + more
+    return s, events + _step(rule, s, t, breach, not breach, sample.device, "")
 
 
 def tick(
     rule: Rule, state: SeriesState, now_us: int, device: str, metric: str
 ) -> tuple[SeriesState, list[Event]]:
     """What the passing of time alone decides for the series ``(device, metric)`` at ``now_us``."""
-    s, events = _advance(rule, state, now_us, device, metric, final=True)
+    s = state.copy()
+    events = _advance(rule, s, now_us, device, metric, final=True)
     cond = rule.condition
     if isinstance(cond, RejectionRate) and s.raw and s.last_us is not None and now_us > s.last_us:
-        s, breach = _rejections(cond, s, now_us)
-        s, more = _step(rule, s, now_us, breach, not breach, device, metric)
-        events += more
+        breach = _rejections(cond, s, now_us)
+        events += _step(rule, s, now_us, breach, not breach, device, metric)
     return s, events
 
 
@@ -253,29 +259,27 @@ def tick(
 
 def _advance(
     rule: Rule, s: SeriesState, t: int, device: str, metric: str, *, final: bool
-) -> tuple[SeriesState, list[Event]]:
+) -> list[Event]:
     """Outcomes that time has decided by ``t``, before anything observed at ``t``.
 
     ``final`` (a tick) counts a duration ending exactly at ``t``; a reading at ``t`` itself
     has its say first otherwise.
     """
     events: list[Event] = []
-
-    def due(end: int) -> bool:
-        return end <= t if final else end < t
-
-    cond = rule.condition
-    if isinstance(cond, NoDataCondition) and not s.raw and s.last_us is not None:
-        if due(s.last_us + cond.for_):
-            s, events = _raw_fire(rule, s, s.last_us + cond.for_, device, metric)
-    elif not s.raw and s.pending_us is not None and due(s.pending_us + rule.for_):
-        s, events = _raw_fire(rule, s, s.pending_us + rule.for_, device, metric)
+    if not s.raw:
+        end = None
+        cond = rule.condition
+        if isinstance(cond, NoDataCondition):
+            end = None if s.last_us is None else s.last_us + cond.for_
+        elif s.pending_us is not None:
+            end = s.pending_us + rule.for_
+        if end is not None and (end <= t if final else end < t):
+            events = _raw_fire(rule, s, end, device, metric)
     if rule.flap is not None and s.open and not s.raw and s.clear_us is not None:
         end = s.clear_us + rule.flap.window
         if end <= t:
-            s, more = _resolve(rule, s, end, device, metric)
-            events += more
-    return s, events
+            events += _resolve(rule, s, end, device, metric)
+    return events
 
 
 def _step(
@@ -286,63 +290,59 @@ def _step(
     clear: bool | None,
     device: str,
     metric: str,
-) -> tuple[SeriesState, list[Event]]:
+) -> list[Event]:
     """One verdict at ``t``: ``breach`` (the condition holds), ``clear`` (the clear condition
     holds); None = no verdict yet (warm-up, a single rate sample)."""
     if breach is None:
-        return s, []
+        return []
     if not s.raw:
         if not breach:
-            return replace(s, pending_us=None), []
-        pending = t if s.pending_us is None else s.pending_us
-        s = replace(s, pending_us=pending)
-        if t - pending >= rule.for_:
-            return _raw_fire(rule, s, pending + rule.for_, device, metric)
-        return s, []
+            s.pending_us = None
+            return []
+        if s.pending_us is None:
+            s.pending_us = t
+        if t - s.pending_us >= rule.for_:
+            return _raw_fire(rule, s, s.pending_us + rule.for_, device, metric)
+        return []
     if clear:
         return _raw_clear(rule, s, t, device, metric)
-    return s, []
+    return []
 
 
-def _raw_fire(
-    rule: Rule, s: SeriesState, t: int, device: str, metric: str
-) -> tuple[SeriesState, list[Event]]:
-    fires = s.fires
+def _raw_fire(rule: Rule, s: SeriesState, t: int, device: str, metric: str) -> list[Event]:
     if rule.flap is not None:
-        fires = (*tuple(f for f in fires if f > t - rule.flap.window), t)
-    s = replace(s, raw=True, pending_us=None, fires=fires, clear_us=None)
+        s.fires = (*(f for f in s.fires if f > t - rule.flap.window), t)
+    s.raw, s.pending_us, s.clear_us = True, None, None
     if s.open:  # held by flapping: the alert is already open
-        return s, []
-    s = replace(s, open=True, fired_us=t)
-    return s, [Event("fired", device, metric, t, _value(rule, s), fired_message(rule, s, device))]
+        return []
+    s.open, s.fired_us = True, t
+    return [Event("fired", device, metric, t, _value(rule, s), fired_message(rule, s, device))]
 
 
-def _raw_clear(
-    rule: Rule, s: SeriesState, t: int, device: str, metric: str
-) -> tuple[SeriesState, list[Event]]:
-    s = replace(s, raw=False, pending_us=None)
+def _raw_clear(rule: Rule, s: SeriesState, t: int, device: str, metric: str) -> list[Event]:
+    s.raw, s.pending_us = False, None
     flap = rule.flap
     if flap is not None:
         recent = sum(1 for f in s.fires if f > t - flap.window)
         if recent >= flap.count:
-            held = replace(s, clear_us=t, flapping=True)
+            s.clear_us = t
             if s.flapping:
-                return held, []
+                return []
+            s.flapping = True
             message = (
                 f"{fired_message(rule, s, device)}: flapping ({recent} fires within "
                 f"{format_duration(flap.window)}), held firing until stable"
             )
-            return held, [Event("flapping", device, metric, t, _value(rule, s), message)]
+            return [Event("flapping", device, metric, t, _value(rule, s), message)]
     return _resolve(rule, s, t, device, metric)
 
 
-def _resolve(
-    rule: Rule, s: SeriesState, t: int, device: str, metric: str
-) -> tuple[SeriesState, list[Event]]:
+def _resolve(rule: Rule, s: SeriesState, t: int, device: str, metric: str) -> list[Event]:
     at = max(t, s.fired_us or t)  # a later reading may carry an earlier time than a tick's fire
-    s = replace(s, open=False, flapping=False, clear_us=None, fired_us=None)
+    s.open = s.flapping = False
+    s.clear_us = s.fired_us = None
     message = resolved_message(rule, s, device)
-    return s, [Event("resolved", device, metric, at, _value(rule, s), message)]
+    return [Event("resolved", device, metric, at, _value(rule, s), message)]
 
 
 # --- kinds ----------------------------------------------------------------------------------
@@ -350,22 +350,24 @@ def _resolve(
 
 def _anomaly(
     cond: AnomalyCondition, s: SeriesState, previous_us: int | None, t: int, x: float
-) -> tuple[SeriesState, bool | None]:
+) -> bool | None:
     """Judge ``x`` against the EWMA of the samples before it, then fold it in.
 
     The weight of the past halves every ``halflife`` of event time, so irregular sampling
     does not skew the mean the way a fixed per-sample weight would.
     """
     if s.n == 0 or previous_us is None:
-        return replace(s, mean=x, var=0.0, n=1, measure=0.0), None
+        s.mean, s.var, s.n, s.measure = x, 0.0, 1, 0.0
+        return None
     deviation = x - s.mean
     std = math.sqrt(s.var)
     breach = None if s.n < cond.warmup else abs(deviation) > cond.sigma * std
     alpha = 1.0 - 2.0 ** (-(t - previous_us) / cond.halflife)
-    mean = s.mean + alpha * deviation
-    var = (1.0 - alpha) * (s.var + alpha * deviation * deviation)
-    z = abs(deviation) / std if std > 0 else (0.0 if deviation == 0 else math.inf)
-    return replace(s, mean=mean, var=var, n=s.n + 1, measure=z), breach
+    s.mean += alpha * deviation
+    s.var = (1.0 - alpha) * (s.var + alpha * deviation * deviation)
+    s.n += 1
+    s.measure = abs(deviation) / std if std > 0 else (0.0 if deviation == 0 else math.inf)
+    return breach
 
 
 def _rate_window(
@@ -379,14 +381,13 @@ def _rate_window(
     return window[max(inside - 1, 0) :]
 
 
-def _rejections(cond: RejectionRate, s: SeriesState, t: int) -> tuple[SeriesState, bool]:
-    window = tuple(w for w in s.window if w[0] > t - cond.window)
-    accepted = sum(w[1] for w in window)
-    rejected = sum(w[2] for w in window)
+def _rejections(cond: RejectionRate, s: SeriesState, t: int) -> bool:
+    s.window = tuple(w for w in s.window if w[0] > t - cond.window)
+    accepted = sum(w[1] for w in s.window)
+    rejected = sum(w[2] for w in s.window)
     total = accepted + rejected
-    rate = rejected / total if total else 0.0
-    breach = total >= cond.min_messages and rate > cond.rejection_rate
-    return replace(s, window=window, measure=rate), breach
+    s.measure = rejected / total if total else 0.0
+    return total >= cond.min_messages and s.measure > cond.rejection_rate
 
 
 # --- messages -------------------------------------------------------------------------------
