@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -200,6 +201,15 @@ def test_anomaly_fires_on_a_spike_after_warmup() -> None:
     assert events[0].message.endswith("σ from its mean")
 
 
+def test_anomaly_after_a_constant_stretch() -> None:
+    r = rule(kind="anomaly", condition={"sigma": 3, "warmup": 5})
+    events = run(r, [(i, 7.0) for i in range(10)] + [(10, 7.5)])
+    assert [e.message for e in events] == ["temperature 7.5 is far from its mean"]
+    state: dict[Any, SeriesState] = {}
+    observe_all(r, state, [Point("d1", "temperature", i * S, 7.0 + (i == 9)) for i in range(10)])
+    json.dumps(state[("d1", "temperature")].to_dict(), allow_nan=False)  # storable as JSON
+
+
 def test_anomaly_waits_for_warmup() -> None:
     r = rule(kind="anomaly", condition={"sigma": 1, "warmup": 10})
     assert run(r, [(i, float(i % 2)) for i in range(9)] + [(9, 100.0)]) == []
@@ -235,8 +245,6 @@ def test_flapping_off() -> None:
 
 
 def test_state_round_trips_through_json() -> None:
-    import json
-
     r = rule(kind="rate", condition={"op": ">", "value": 2, "window": "10m"})
     state: dict[Any, SeriesState] = {}
     observe_all(r, state, [Point("d1", "temperature", t * S, t * 1.5) for t in range(5)])

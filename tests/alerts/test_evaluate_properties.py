@@ -256,7 +256,7 @@ def test_state_round_trip_changes_nothing(
     states: dict[SeriesKey, SeriesState] = {}
     got = observe_all(rule, states, pts[:split])
     restored = {
-        key: SeriesState.from_dict(json.loads(json.dumps(state.to_dict())))
+        key: SeriesState.from_dict(json.loads(json.dumps(state.to_dict(), allow_nan=False)))
         for key, state in states.items()
     }
     assert restored == states

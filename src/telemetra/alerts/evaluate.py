@@ -366,7 +366,9 @@ def _anomaly(
     s.mean += alpha * deviation
     s.var = (1.0 - alpha) * (s.var + alpha * deviation * deviation)
     s.n += 1
-    s.measure = abs(deviation) / std if std > 0 else (0.0 if deviation == 0 else math.inf)
+    # sigmas off the mean; None when a spread-free (constant) past makes any change infinite,
+    # which JSON could not hold
+    s.measure = abs(deviation) / std if std > 0 else (0.0 if deviation == 0 else None)
     return breach
 
 
@@ -460,7 +462,7 @@ def _percent(x: float | None) -> str:
 
 
 def _sigmas(z: float | None) -> str:
-    return "?" if z is None else ("∞σ" if math.isinf(z) else f"{z:.1f}σ")
+    return "far" if z is None else f"{z:.1f}σ"
 
 
 # --- several series at once -----------------------------------------------------------------
