@@ -236,3 +236,19 @@ async def test_preview_shows_when_a_rule_would_have_fired_and_cleared(world: Wor
     quality = await preview()
     assert_error(quality, 422, "invalid_request")
     assert "quality" in quality.json()["error"]["message"]
+
+
+async def test_a_stored_rule_missing_fields_does_not_break_the_listing(
+    world: World, engine: AsyncEngine
+) -> None:
+    """Rows written by hand or by an older version: shown with a rule's defaults."""
+    from telemetra.store.catalog import tenant_id_by_name
+
+    with platform_wide():
+        async with engine.begin() as conn:
+            tenant = await tenant_id_by_name(conn, world.tenant_a)
+            odd = await store.create_rule(conn, tenant, {"name": "odd", "kind": "no_data"})
+    listed = await world.client.get(f"{API}/rules", headers=world.auth("a-viewer"))
+    assert listed.status_code == 200, listed.text
+    [shown] = [r for r in listed.json()["items"] if r["id"] == odd.id]
+    assert (shown["condition"], shown["scope"], shown["channels"]) == ({}, {}, [])

@@ -156,10 +156,13 @@ class RuleList(BaseModel):
 
 
 def rule_out(rule: StoredRule) -> RuleOut:
-    shown = dict(rule.definition)
+    # The columns name the rule; the definition fills in the rest, with the defaults of a rule
+    # where a stored one lacks a field: one odd row must never break a listing.
+    shown = {"condition": {}, "scope": {}, **rule.definition}
     shown["channels"] = shown_channels(list(shown.get("channels") or []))
     return RuleOut.model_validate(
-        {**shown, "id": rule.id, "tenant_id": rule.tenant_id,
+        {**shown, "id": rule.id, "tenant_id": rule.tenant_id, "name": rule.name,
+         "kind": rule.kind, "severity": rule.severity, "enabled": rule.enabled,
          "created_at": format_us(rule.created_at), "updated_at": format_us(rule.updated_at)}
     )  # fmt: skip
 
