@@ -275,3 +275,23 @@ def test_preview_judges_durations_at_the_end_of_the_range() -> None:
     r = rule(kind="no_data", condition={"for": "5m"})
     events = preview(r, [Point("a", "temperature", 0, 1.0)], 0, 600 * S)
     assert brief(events) == [("fired", 300)]
+
+
+def test_rate_state_stays_small_on_a_dense_series() -> None:
+    r = rule(kind="rate", condition={"op": ">", "value": 2, "per": "1m", "window": "10m"})
+    states: dict[Any, SeriesState] = {}
+    # 1.5 per minute, a reading every second for almost 3 hours
+    events = observe_all(
+        r, states, [Point("d1", "temperature", t * S, t / 40) for t in range(10_000)]
+    )
+    state = states[("d1", "temperature")]
+    assert events == [] and len(state.window) <= 66
+    assert state.measure == pytest.approx(1.5)
+    assert state.window[0][0] >= (10_000 - 1 - 600 - 600 / 64) * S  # baseline near window start
+
+
+def test_flap_fire_times_kept_are_bounded() -> None:
+    r = rule(condition={"op": ">", "value": 0}, flap={"count": 3, "window": "1h"})
+    states: dict[Any, SeriesState] = {}
+    observe_all(r, states, [Point("d1", "temperature", t * S, (-1.0) ** t) for t in range(500)])
+    assert len(states[("d1", "temperature")].fires) <= 3

@@ -200,7 +200,7 @@ def observe(rule: Rule, state: SeriesState, point: Point) -> tuple[SeriesState, 
     breach: bool | None
     clear: bool | None
     if isinstance(cond, RateCondition):
-        s.window = (*_rate_window(s.window, t - cond.window), (t, x))
+        s.window = _rate_window(s.window, t, x, cond.window)
         if len(s.window) < 2:
             return s, events
         (t0, x0), (t1, x1) = s.window[0], s.window[-1]
@@ -311,7 +311,9 @@ def _step(
 
 def _raw_fire(rule: Rule, s: SeriesState, t: int, device: str, metric: str) -> list[Event]:
     if rule.flap is not None:
-        s.fires = (*(f for f in s.fires if f > t - rule.flap.window), t)
+        # the latest `count` fires are all the flapping test needs
+        recent = [f for f in s.fires if f > t - rule.flap.window][-(rule.flap.count - 1) :]
+        s.fires = (*recent, t)
     s.raw, s.pending_us, s.clear_us = True, None, None
     if s.open:  # held by flapping: the alert is already open
         return []
@@ -372,15 +374,27 @@ def _anomaly(
     return breach
 
 
+_RATE_SAMPLES = 64  # samples kept per rate window at most (plus the newest)
+
+
 def _rate_window(
-    window: tuple[tuple[float, ...], ...], start: int
+    window: tuple[tuple[float, ...], ...], t: int, x: float, length: int
 ) -> tuple[tuple[float, ...], ...]:
-    """The samples from ``start`` on, and the newest one before it as the baseline: after a
-    gap longer than the window the rate is still measured (over the gap)."""
+    """The rate samples after adding ``(t, x)``: those of the last ``length``, and the newest
+    one before it as the baseline, so that after a gap longer than the window the rate is still
+    measured (over the gap).
+
+    Kept samples are at least ``length / 64`` apart (the newest excepted), so a dense series
+    costs no more than a sparse one; the baseline is then at most that much older.
+    """
+    start = t - length
     inside = 0
     while inside < len(window) and window[inside][0] < start:
         inside += 1
-    return window[max(inside - 1, 0) :]
+    kept = window[max(inside - 1, 0) :]
+    if len(kept) >= 2 and kept[-1][0] - kept[-2][0] < length / _RATE_SAMPLES:
+        kept = kept[:-1]  # the previous newest was too close to the one before it
+    return (*kept, (t, x))
 
 
 def _rejections(cond: RejectionRate, s: SeriesState, t: int) -> bool:
