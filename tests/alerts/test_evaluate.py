@@ -295,3 +295,10 @@ def test_flap_fire_times_kept_are_bounded() -> None:
     states: dict[Any, SeriesState] = {}
     observe_all(r, states, [Point("d1", "temperature", t * S, (-1.0) ** t) for t in range(500)])
     assert len(states[("d1", "temperature")].fires) <= 3
+
+
+def test_no_data_for_a_device_that_never_reported() -> None:
+    r = rule(kind="no_data", metric=None, condition={"for": "5m"})
+    assert tick(r, SeriesState(), 3600 * S, "d9", "")[1] == []  # nothing known: no silence
+    _, events = tick(r, SeriesState(last_us=1000 * S), 3600 * S, "d9", "")
+    assert brief(events) == [("fired", 1300)]

@@ -244,7 +244,11 @@ def observe_quality(
 def tick(
     rule: Rule, state: SeriesState, now_us: int, device: str, metric: str
 ) -> tuple[SeriesState, list[Event]]:
-    """What the passing of time alone decides for the series ``(device, metric)`` at ``now_us``."""
+    """What the passing of time alone decides for the series ``(device, metric)`` at ``now_us``.
+
+    A series that has never had a reading has no silence to measure: to watch a device that
+    may never report, start its no_data series as ``SeriesState(last_us=watch_start_us)``.
+    """
     s = state.copy()
     events = _advance(rule, s, now_us, device, metric, final=True)
     cond = rule.condition
