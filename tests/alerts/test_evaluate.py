@@ -16,6 +16,7 @@ from telemetra.alerts.evaluate import (
     observe_all,
     observe_quality,
     preview,
+    resolved_by_hand,
     tick,
 )
 from telemetra.alerts.rules import Rule
@@ -302,3 +303,16 @@ def test_no_data_for_a_device_that_never_reported() -> None:
     assert tick(r, SeriesState(), 3600 * S, "d9", "")[1] == []  # nothing known: no silence
     _, events = tick(r, SeriesState(last_us=1000 * S), 3600 * S, "d9", "")
     assert brief(events) == [("fired", 1300)]
+
+
+def test_resolved_by_hand_fires_again_only_after_for() -> None:
+    r = rule(**FREEZER)
+    states: dict[Any, SeriesState] = {}
+    events = observe_all(r, states, [Point("d1", "temperature", t * S, -12.0) for t in (0, 130)])
+    assert brief(events) == [("fired", 120)]
+    state = resolved_by_hand(states[("d1", "temperature")])
+    assert not state.open
+    state, events = observe(r, state, Point("d1", "temperature", 140 * S, -12.0))
+    assert events == []  # breaching again from 140 s: `for` counts anew
+    state, events = observe(r, state, Point("d1", "temperature", 260 * S, -12.0))
+    assert brief(events) == [("fired", 260)]

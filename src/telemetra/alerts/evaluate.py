@@ -258,6 +258,17 @@ def tick(
     return s, events
 
 
+def resolved_by_hand(state: SeriesState) -> SeriesState:
+    """The state after someone resolved the series' alert by hand: nothing is open, and the
+    condition must hold anew (for ``for``, from the next reading that satisfies it) to fire
+    again — a still-breaching series does not re-fire on its very next reading."""
+    s = state.copy()
+    s.raw = s.open = s.flapping = False
+    s.pending_us = s.fired_us = s.clear_us = None
+    s.fires = ()
+    return s
+
+
 # --- the state machine shared by every kind -------------------------------------------------
 
 
