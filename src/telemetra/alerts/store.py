@@ -686,23 +686,31 @@ async def stored_readings(
     start: int,
     end: int,
     limit: int,
-) -> list[tuple[str, str, int, float | None]]:
-    """(device uid, metric, ts, value) of the devices' readings in [start, end], oldest first,
+) -> list[tuple[int, str, int, float | None]]:
+    """(device id, metric, ts, value) of the devices' readings in [start, end], oldest first,
     at most ``limit``; of one metric, or of all (``metric`` None)."""
     if not device_ids:
         return []
-    r, d, m = readings.c, devices.c, metrics.c
+    r, m = readings.c, metrics.c
+    # Plain primary-key ranges of readings, no joins: names are looked up once.
     query = (
-        select(d.uid, m.name, r.ts, r.value)
-        .select_from(readings.join(devices, d.id == r.device_id).join(metrics, m.id == r.metric_id))
+        select(r.device_id, r.metric_id, r.ts, r.value)
         .where(r.tenant_id == tenant_id, r.device_id.in_(device_ids), r.ts >= start, r.ts <= end)
         .order_by(r.ts, r.device_id, r.metric_id)
         .limit(limit)
     )
     if metric is not None:
-        query = query.where(m.name == metric)
-    rows = await conn.execute(query)
-    return [(str(u), str(n), int(t), None if v is None else float(v)) for u, n, t, v in rows]
+        metric_id = await conn.scalar(select(m.id).where(m.name == metric))
+        if metric_id is None:
+            return []
+        query = query.where(r.metric_id == metric_id)
+        names = {int(metric_id): metric}
+    rows = (await conn.execute(query)).all()
+    if metric is None:
+        seen = {int(row[1]) for row in rows}
+        found = await conn.execute(select(m.id, m.name).where(m.id.in_(sorted(seen))))
+        names = {int(i): str(n) for i, n in found}
+    return [(int(d), names[int(k)], int(t), None if v is None else float(v)) for d, k, t, v in rows]
 
 
 async def put_rules(

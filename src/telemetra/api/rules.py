@@ -7,6 +7,7 @@ create rules in any tenant. Channel secrets are write-only (see ``alerts.documen
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -269,8 +270,7 @@ async def edit_rule(
     caller: Annotated[Caller, role("operator")],
 ) -> RuleOut:
     """Change any subset of a rule's fields (null clears an optional one); the whole rule is
-    checked again. Channels sent back as shown keep their secrets. Evaluation state of the
-    rule's series is kept; open alerts stay open until the rule clears them."""
+    checked again. Channels sent back as shown keep their secrets; open alerts stay open."""
     stored = await visible_rule(request, caller, rule_id)
     current = checked_rule(stored.definition)
     changes = body.model_dump(exclude_unset=True)
@@ -440,8 +440,10 @@ async def preview_rule(
     if truncated:
         rows = rows[: body.max_points]
         end = min(end, rows[-1][2])
-    points = [Point(uid, metric, ts, value) for uid, metric, ts, value in rows]
-    events = preview(rule, points, start, end)
+    uids = dict(watched)
+    points = [Point(uids[device_id], metric, ts, value) for device_id, metric, ts, value in rows]
+    # Pure CPU work (~0.4 s per 50,000 readings): off the event loop, so other requests go on.
+    events = await asyncio.to_thread(preview, rule, points, start, end)
     return PreviewOut.model_validate({
         "from": format_us(start), "to": format_us(end), "devices": len(watched),
         "readings": len(points), "truncated": truncated,
