@@ -1455,7 +1455,8 @@ def alert_rule_delete(
 
     async def remove(conn: Any) -> Any:
         tenant_id = await tenant_id_by_name(conn, tenant) if tenant else None
-        found = await get_rule(conn, int(rule), tenant_id) if rule.isdecimal() else None
+        is_id = rule.isascii() and rule.isdecimal() and int(rule) < 2**63  # a 64-bit id
+        found = await get_rule(conn, int(rule), tenant_id) if is_id else None
         candidates = [found] if found is not None else await rules_named(conn, rule, tenant_id)
         if not candidates:
             where = f" in tenant {tenant!r}" if tenant else ""

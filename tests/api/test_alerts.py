@@ -132,6 +132,7 @@ async def test_the_history_filters_and_pages(world: World, engine: AsyncEngine) 
     assert set(newest_first) <= seen and not seen & {a.id for a in theirs}
     assert await ids(rule=str(other.id)) == []
     assert await ids(rule=other.name) == []
+    assert await ids(rule="99999999999999999999") == []  # beyond 64 bits: a name, not an id
 
     for params, field in (({"state": "open"}, "query.state"),
                           ({"severity": "fatal"}, "query.severity"),

@@ -195,7 +195,8 @@ async def list_alerts(
         ) from None
     rule_id, rule_name = None, None
     if rule is not None:
-        rule_id, rule_name = (int(rule), None) if rule.isdecimal() else (None, rule)
+        is_id = rule.isascii() and rule.isdecimal() and int(rule) < 2**63  # a 64-bit id
+        rule_id, rule_name = (int(rule), None) if is_id else (None, rule)
     selection = AlertFilter(
         tenant_id=scope(caller), states=_choices(state, store.STATES, "state"),
         severities=_choices(severity, store.SEVERITIES, "severity"), device=device,
