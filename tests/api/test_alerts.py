@@ -79,12 +79,25 @@ async def test_the_alert_lifecycle_by_role(world: World, engine: AsyncEngine) ->
     assert_error(again, 409, "conflict")
     assert f"already acknowledged by a-operator-{tag}" in again.json()["error"]["message"]
 
+    # The engine's state of the series says it is firing; a resolve by hand resets it.
+    from telemetra.alerts.evaluate import SeriesState
+
+    key = (rule.id, "freezer-0", "temperature")
+    breaching = SeriesState(last_us=T0, value=-12.0, raw=True, open=True, fired_us=T0)
+    with platform_wide():
+        async with engine.begin() as conn:
+            tenant_id = await tenant_id_by_name(conn, world.tenant_a)
+            await store.save_series_state(conn, [(tenant_id, key, breaching.to_dict())])
     resolved = await c.post(f"{path}/resolve", headers=world.auth("a-owner"))  # no body: fine
     assert resolved.status_code == 200, resolved.text
     r = resolved.json()
     assert (r["state"], r["resolved_by"], r["note"]) == ("resolved", f"a-owner-{tag}",
                                                          "door left open")  # fmt: skip
     assert [n["event"] for n in r["notifications"]] == ["fired", "acknowledged", "resolved"]
+    with platform_wide():
+        async with engine.connect() as conn:
+            after = SeriesState.from_dict(await store.series_state_of(conn, key) or {})
+    assert (after.open, after.raw, after.fired_us, after.last_us) == (False, False, None, T0)
     assert_error(await c.post(f"{path}/resolve", headers=world.auth("a-operator")),
                  409, "conflict")  # fmt: skip
     assert_error(await c.post(f"{path}/ack", headers=world.auth("a-operator")), 409, "conflict")

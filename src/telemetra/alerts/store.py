@@ -620,6 +620,17 @@ async def load_series_state(
     return {(int(r.rule_id), str(r.device), r.metric or None): dict(r.state) for r in rows}
 
 
+async def series_state_of(conn: AsyncConnection, key: SeriesKey) -> dict[str, Any] | None:
+    """The stored evaluation state of one series, if any."""
+    rule_id, device, metric = key
+    s = alert_series_state.c
+    query = select(s.state).where(
+        s.rule_id == rule_id, s.device == device, s.metric == (metric or "")
+    )
+    found = await conn.scalar(query)
+    return None if found is None else dict(found)
+
+
 async def save_series_state(
     conn: AsyncConnection,
     states: Sequence[tuple[int, SeriesKey, dict[str, Any]]],

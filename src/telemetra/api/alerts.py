@@ -228,6 +228,18 @@ async def get_alert(
     return await _shown(request, await _visible(request, caller, alert_id))
 
 
+async def _forget_breach(conn: Any, alert: Alert) -> None:
+    """The engine's state of the alert's series, as after a resolve by hand (same transaction):
+    its condition must hold anew to fire again, rather than on the very next reading."""
+    from telemetra.alerts.evaluate import SeriesState, resolved_by_hand
+
+    key = (alert.rule_id, alert.device, alert.metric)
+    stored = await store.series_state_of(conn, key)
+    if stored is not None:
+        state = resolved_by_hand(SeriesState.from_dict(stored))
+        await store.save_series_state(conn, [(alert.tenant_id, key, state.to_dict())])
+
+
 def _refused(error: AlertStateError) -> ApiError:
     return ApiError(409, str(error))
 
@@ -275,11 +287,13 @@ async def resolve_alert(
     body: Annotated[NoteIn, Body(description="optional")] = _NO_NOTE,
 ) -> AlertOut:
     """firing or acknowledged → resolved, by you (an optional note replaces the alert's). The
-    rule's channels are told. 409 when it is resolved already."""
+    rule's channels are told, and the series must breach anew (for the rule's `for`) before it
+    fires again. 409 when it is resolved already."""
     alert = await _visible(request, caller, alert_id)
     try:
         async with request.app.state.engine.begin() as conn:
             changed = await store.resolve(conn, alert, caller.username, note=body.note)
+            await _forget_breach(conn, changed)
     except AlertStateError as error:
         raise _refused(error) from None
     return await _shown(request, changed)
