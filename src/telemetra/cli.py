@@ -41,6 +41,12 @@ deadletter_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(deadletter_app, name="deadletter")
+alert_rule_app = typer.Typer(
+    help="Manage alert rules (when to raise alerts; not the cleaning rules of `telemetra rule`).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(alert_rule_app, name="alert-rule")
 console = Console(stderr=True)
 # Tables go to stdout; piped output is not cut at 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -1359,6 +1365,124 @@ def deadletter_replay(
             "payload_truncated: only part of the payload was kept; raise "
             "TELEMETRA_DEADLETTER_PAYLOAD_BYTES to keep whole messages from now on"
         )
+
+
+# --- alert rules ------------------------------------------------------------------------------
+
+_RuleTenantOpt = Annotated[
+    str | None, typer.Option(metavar="NAME", help="only this tenant (default: every tenant)")
+]
+
+
+@alert_rule_app.command("list")
+def alert_rule_list(
+    tenant: _RuleTenantOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON lines (the rules as written, no secrets)")
+    ] = False,
+) -> None:
+    """List alert rules, by tenant and name (channel secrets are never shown)."""
+    from telemetra.alerts.documents import shown_channels
+    from telemetra.alerts.store import list_rules
+    from telemetra.store.catalog import tenant_id_by_name, tenant_overview
+
+    async def rules(conn: Any) -> tuple[list[Any], dict[int, str]]:
+        tenant_id = await tenant_id_by_name(conn, tenant) if tenant else None
+        names = {int(t.id): str(t.name) for t in await tenant_overview(conn)}
+        return await list_rules(conn, tenant_id), names
+
+    found, names = in_database(rules)
+    if as_json:
+        for r in found:
+            shown = {**r.definition, "channels": shown_channels(r.channels)}
+            print(json.dumps({"id": r.id, "tenant": names.get(r.tenant_id), **shown},
+                             ensure_ascii=False))  # fmt: skip
+        return
+    table = Table("id", "tenant", "name", "kind", "metric", "severity", "enabled", "scope",
+                  "channels")  # fmt: skip
+    for r in found:
+        scope = r.definition.get("scope") or {}
+        where = ", ".join(f"{k}={v}" for k, v in scope.items()) or "all devices"
+        table.add_row(
+            str(r.id), names.get(r.tenant_id, "?"), r.name, r.kind,
+            r.definition.get("metric") or "", r.severity, "yes" if r.enabled else "no", where,
+            " ".join(str(c.get("kind")) for c in r.channels),
+        )  # fmt: skip
+    out.print(table)
+    if not found:
+        console.print("no alert rules yet: `telemetra alert-rule create FILE` adds some")
+
+
+@alert_rule_app.command("create")
+def alert_rule_create(
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="JSON or YAML (.yaml/.yml): a rule or a list")
+    ],
+    tenant: Annotated[str, typer.Option(metavar="NAME", help="the rules' tenant")] = "default",
+    replace: Annotated[
+        bool, typer.Option("--replace", help="replace the tenant's rules of the same names")
+    ] = False,
+) -> None:
+    """Create alert rules from a file, all or none (each checked first; errors name the rule
+    and the field)."""
+    from telemetra.alerts.documents import read_rules
+    from telemetra.alerts.store import RuleNameTaken, put_rules
+    from telemetra.store.catalog import tenant_id_by_name
+
+    try:
+        rules = read_rules(file)
+    except (ValueError, OSError) as error:
+        raise fail(str(error)) from None
+    definitions = [r.model_dump(mode="json") for r in rules]
+
+    async def store(conn: Any) -> list[Any]:
+        tenant_id = await tenant_id_by_name(conn, tenant)
+        try:
+            return await put_rules(conn, tenant_id, definitions, replace=replace)
+        except RuleNameTaken as error:
+            taken = str(error).split(";")[0]
+            raise ValueError(f"{taken} in tenant {tenant!r}: --replace replaces it") from None
+
+    done = in_database(store, write=True)
+    for rule, created in done:
+        verb = "created" if created else "replaced"
+        console.print(f"alert rule {rule.name!r} {verb} (id {rule.id}) in tenant {tenant!r}",
+                      highlight=False, markup=False)  # fmt: skip
+
+
+@alert_rule_app.command("delete")
+def alert_rule_delete(
+    rule: Annotated[str, typer.Argument(metavar="ID|NAME", help="the rule's id or name")],
+    tenant: Annotated[
+        str | None, typer.Option(metavar="NAME", help="the rule's tenant (for a name in several)")
+    ] = None,
+) -> None:
+    """Delete an alert rule; its open alerts are resolved (by "cli"), its alerts kept."""
+    from telemetra.alerts.store import delete_rule, get_rule, rules_named
+    from telemetra.store.catalog import tenant_id_by_name
+
+    async def remove(conn: Any) -> Any:
+        tenant_id = await tenant_id_by_name(conn, tenant) if tenant else None
+        is_id = rule.isascii() and rule.isdecimal() and int(rule) < 2**63  # a 64-bit id
+        found = await get_rule(conn, int(rule), tenant_id) if is_id else None
+        candidates = [found] if found is not None else await rules_named(conn, rule, tenant_id)
+        if not candidates:
+            where = f" in tenant {tenant!r}" if tenant else ""
+            raise LookupError(
+                f"no alert rule {rule!r}{where} (`telemetra alert-rule list` shows them)"
+            )
+        if len(candidates) > 1:
+            raise LookupError(
+                f"{len(candidates)} tenants have an alert rule named {rule!r}: say which with "
+                "--tenant, or give the rule's id"
+            )
+        resolved = await delete_rule(conn, candidates[0], "cli")
+        return candidates[0], resolved
+
+    gone, resolved = in_database(remove, write=True)
+    more = f"; {len(resolved)} open alert(s) resolved" if resolved else ""
+    console.print(f"alert rule {gone.name!r} (id {gone.id}) deleted{more}",
+                  highlight=False, markup=False)  # fmt: skip
 
 
 def main() -> None:

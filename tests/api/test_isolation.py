@@ -32,7 +32,7 @@ from telemetra.api.app import create_app
 from telemetra.api.auth import ROLES
 from telemetra.config import Settings
 from telemetra.store.database import open_database
-from telemetra.store.schema import devices, users
+from telemetra.store.schema import alert_rules, devices, users
 from telemetra.store.tenancy import platform_wide
 
 from api_fixtures import PASSWORD, SECRET, World, assert_error, make_world
@@ -160,10 +160,43 @@ async def make_scene(world: World, engine: AsyncEngine) -> Scene:
                  "tenant": f"no-tenant-{tag}", "username": f"no-user-{tag}", "tag": tag,
                  "tenant_id": str(int(me.json()["tenant_id"]) + 1_000_000)},
     )  # fmt: skip
+    await add_rule_and_alert(scene)
     scene.before = await snapshot(scene)
+    assert len(scene.before["alerts"]["items"]) == 1
     assert len(scene.before["history"]["items"]) == 10
     assert len(scene.before["deadletters"]["items"]) == 1
     return scene
+
+
+def alert_rule(scene_tenant: str, uid: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": f"{scene_tenant}-too warm", "kind": "threshold", "metric": "temperature",
+        "condition": {"op": ">", "value": 22}, "scope": {"devices": [uid]},
+        "channels": [{"kind": "webhook", "url": "https://ops.example.org/hook",
+                      "secret": "tenant a's webhook secret"}],
+        **extra,
+    }  # fmt: skip
+
+
+async def add_rule_and_alert(scene: Scene) -> None:
+    """Tenant a's alert rule (made by its operator) and an alert of it (the engine's part)."""
+    from telemetra.alerts import store
+
+    c, tenant_a = scene.world.client, scene.target["tenant"]
+    made = await c.post(f"{API}/rules", json=alert_rule(tenant_a, scene.uid),
+                        headers=scene.world.auth("a-operator"))  # fmt: skip
+    assert made.status_code == 201, made.text
+    rule_id = made.json()["id"]
+    with platform_wide():
+        async with scene.engine.begin() as conn:
+            rule = await store.get_rule(conn, rule_id, scene.tenant_a_id)
+            assert rule is not None
+            alert, _ = await store.open_alert(
+                conn, rule, scene.uid, "temperature", value=23.0, message="temperature 23 > 22",
+                started_at=int(time.time() * 1_000_000) - 3_600_000_000,
+            )  # fmt: skip
+    scene.target |= {"rule_id": str(rule_id), "alert_id": str(alert.id)}
+    scene.missing |= {"rule_id": str(rule_id + 1_000_000), "alert_id": str(alert.id + 1_000_000)}
 
 
 async def snapshot(scene: Scene) -> dict[str, Any]:
@@ -178,6 +211,10 @@ async def snapshot(scene: Scene) -> dict[str, Any]:
         ("deadletters", "deadletters", {"device": uid}),
         ("users", "users", None),
         ("tenants", "tenants", None),
+        ("rules", "rules", None),
+        ("rule", f"rules/{scene.target['rule_id']}", None),
+        ("alerts", "alerts", {"from": "-7d"}),
+        ("alert", f"alerts/{scene.target['alert_id']}", None),
     ):
         reply = await c.get(f"{API}/{path}", params=params, headers=h)
         assert reply.status_code == 200, (name, reply.text)
@@ -193,6 +230,11 @@ async def snapshot(scene: Scene) -> dict[str, Any]:
                 )
             )
             seen["password_hashes"] = sorted((int(i), str(p)) for i, p in rows)
+            seen["rule_definition"] = await conn.scalar(
+                select(alert_rules.c.definition).where(
+                    alert_rules.c.id == int(scene.target["rule_id"])
+                )
+            )
     return seen
 
 
@@ -286,6 +328,35 @@ CALLS = (
     Call("POST", "/devices", "operator", 403, body={"uid": "intruder-{tag}", "tenant": "{tenant}"},
          note="into tenant a", writes=True),
     Call("POST", "/tenants", "admin", 409, body={"name": "{tenant}"}, writes=True),
+    # Alert rules and alerts: reads by id 404, lists hold nothing of tenant a, changes 404.
+    Call("GET", "/rules/{rule_id}", "viewer", 404),
+    Call("GET", "/alerts/{alert_id}", "viewer", 404),
+    Call("GET", "/rules", "viewer", 200),
+    Call("GET", "/alerts", "viewer", 200, SINCE),
+    Call("GET", "/alerts", "viewer", 200, {"rule": "{rule_id}", **SINCE}, note="?rule=id"),
+    Call("GET", "/alerts", "viewer", 200, {"rule": "{tenant}-too warm", "device": "{uid}"},
+         note="?rule=name&device=uid"),
+    Call("PATCH", "/rules/{rule_id}", "operator", 404, body={"enabled": False}, note="enabled",
+         writes=True),
+    Call("PATCH", "/rules/{rule_id}", "operator", 404,
+         body={"channels": [{"kind": "webhook", "url": "https://evil.example.org/x"}]},
+         note="channels", writes=True),
+    Call("DELETE", "/rules/{rule_id}", "operator", 404, writes=True),
+    Call("POST", "/alerts/{alert_id}/ack", "operator", 404, body={"note": "mine now"},
+         writes=True),
+    Call("POST", "/alerts/{alert_id}/resolve", "operator", 404, writes=True),
+    Call("POST", "/rules", "operator", 403,
+         body={"name": "intruder", "kind": "no_data", "condition": {"for": "5m"},
+               "tenant": "{tenant}"}, note="into tenant a", writes=True),
+    # A preview reads the caller's own devices: tenant a's device is not among them.
+    Call("POST", "/rules/preview", "operator", 200,
+         body={"rule": {"kind": "threshold", "metric": "temperature",
+                        "condition": {"op": ">", "value": 0}, "scope": {"devices": ["{uid}"]}},
+               "from": "2026-01-01T00:00:00Z", "to": "2031-01-01T00:00:00Z"},
+         note="devices=uid", writes=True),
+    Call("POST", "/rules/preview", "operator", 403,
+         body={"rule": {"kind": "no_data", "condition": {"for": "5m"}}, "tenant": "{tenant}"},
+         note="tenant a", writes=True),
     # Names are global (MQTT topics, logins): taken is taken, but nothing else is told.
     Call("POST", "/devices", "operator", 409, body={"uid": "{uid}"}, note="uid of a",
          writes=True, like_missing=False),

@@ -16,7 +16,18 @@ import pytest
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from telemetra.api import accounts, auth, deadletters, devices, errors, health, ingest, telemetry
+from telemetra.api import (
+    accounts,
+    alerts,
+    auth,
+    deadletters,
+    devices,
+    errors,
+    health,
+    ingest,
+    rules,
+    telemetry,
+)
 from telemetra.api.app import create_app
 from telemetra.config import Settings
 from telemetra.store import timerange
@@ -26,6 +37,7 @@ from api_fixtures import SECRET
 MODULES: tuple[ModuleType, ...] = (
     *(accounts, auth, deadletters, devices),
     *(errors, health, ingest, telemetry),
+    *(rules, alerts),
 )
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 REF = "#/components/schemas/"
@@ -232,7 +244,7 @@ def test_the_errors_an_operation_can_answer_are_documented(document: dict[str, A
         expected = {"401", "413", "503"}
         if operation.get("security") or (method, path) in DEVICE_AUTH:
             expected.add("429")
-        if "{uid}" in path or "{user_id}" in path:
+        if any(f"{{{name}}}" in path for name in ("uid", "user_id", "rule_id", "alert_id")):
             expected.add("404")
         if operation.get("parameters") or operation.get("requestBody"):
             expected.add("422")

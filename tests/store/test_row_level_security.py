@@ -216,3 +216,58 @@ async def test_serve_warns_once_when_its_role_bypasses_rls(
             assert "telemetra migrate --app-role" in warnings[0]["event"]
         else:
             assert warnings == [], logs
+
+
+ALERT_TABLES = ("alert_rules", "alerts", "alert_series_state", "notification_outbox")
+
+
+async def test_alert_tables_are_isolated_by_tenant_and_fail_closed(pg_url: str) -> None:
+    """Rules, alerts, engine state and the outbox: forced RLS; a tenant's session sees only its
+    own rows and cannot write another's; a session that names no tenant sees none."""
+    import asyncpg
+
+    from telemetra.alerts import store
+
+    tag = uuid.uuid4().hex[:8]
+    platform = await open_database(pg_url, migrate_schema=False, tenant_scope=ALL_TENANTS)
+    rule = {"name": f"rls-{tag}", "kind": "no_data", "condition": {"for": "5m"},
+            "channels": [{"kind": "mqtt", "topic": "alerts"}]}  # fmt: skip
+    try:
+        async with platform.begin() as conn:
+            tenant_ids = [await create_tenant(conn, f"rls-al-{x}-{tag}") for x in "ab"]
+            for tenant in tenant_ids:
+                made = await store.create_rule(conn, tenant, rule)
+                await store.open_alert(conn, made, "d1", None, value=None, message="silent",
+                                       started_at=0)  # fmt: skip
+                await store.save_series_state(conn, [(tenant, (made.id, "d1", None), {"x": 1})])
+        async with platform.connect() as conn:
+            forced = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_class WHERE relrowsecurity AND relforcerowsecurity "
+                    f"AND relname IN {ALERT_TABLES}"
+                )
+            )
+        assert forced == len(ALERT_TABLES)
+    finally:
+        await platform.dispose()
+    a, b = tenant_ids
+    url = (await app_role_url(pg_url)).replace("postgresql+asyncpg://", "postgresql://")
+    for settings, expected in (({}, set()), ({"telemetra.tenant_id": ""}, set()),
+                               ({"telemetra.tenant_id": str(a)}, {a}),
+                               ({"telemetra.tenant_id": "*"}, {a, b})):  # fmt: skip
+        conn = await asyncpg.connect(url, server_settings=settings)
+        try:
+            for table in ALERT_TABLES:
+                seen = {
+                    r[0] for r in await conn.fetch(f"SELECT DISTINCT tenant_id FROM {table}")
+                } & {a, b}
+                assert seen == expected, (table, settings)
+            if settings.get("telemetra.tenant_id") != "*":
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level"):
+                    await conn.execute(
+                        "INSERT INTO alert_rules (tenant_id, name, kind, severity, enabled, "
+                        f"definition, created_at, updated_at) VALUES ({b}, 'sneak-{tag}', "
+                        "'no_data', 'info', true, '{}', 0, 0)"
+                    )
+        finally:
+            await conn.close()

@@ -14,7 +14,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from telemetra import __version__
-from telemetra.api import accounts, auth, deadletters, devices, errors, health, ingest, telemetry
+from telemetra.api import (
+    accounts,
+    alerts,
+    auth,
+    deadletters,
+    devices,
+    errors,
+    health,
+    ingest,
+    rules,
+    telemetry,
+)
 from telemetra.api.limits import BodyLimit, RateLimiter
 from telemetra.broker.mosquitto import read_state
 from telemetra.broker.sync import BrokerSync
@@ -157,6 +168,8 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
     api.include_router(devices.router)
     api.include_router(telemetry.router)
     api.include_router(deadletters.router)
+    api.include_router(rules.router)
+    api.include_router(alerts.router)
     api.include_router(ingest.router)  # last: its /{device_token}/telemetry matches broadly
     app.include_router(health.router)
     app.include_router(api)

@@ -229,3 +229,103 @@ device_certificates = Table(
     Column("revoked_at", BigInteger),
 )
 Index("ix_device_certificates_uid", device_certificates.c.device_uid)
+
+# --- alerts (migration 0009) ------------------------------------------------------------------
+# ``metric`` is '' where a series has none (a no-data rule per device): NULLs never collide in
+# a unique index, and one open alert per (rule, device, metric) must hold for those too.
+
+alert_rules = Table(
+    "alert_rules",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),  # threshold | rate | no_data | quality | anomaly
+    Column("severity", String(16), nullable=False),  # info | warning | critical
+    Column("enabled", Boolean, nullable=False),
+    # The whole rule as ``alerts.rules.Rule`` reads it, channel secrets included (write-only in
+    # the API).
+    Column("definition", JSON, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("tenant_id", "name", name="uq_alert_rules_name"),
+)
+
+# Kept when their rule is deleted (the history stays queryable): no foreign key to the rule,
+# whose name is copied (and follows a rename).
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("rule_id", Id, nullable=False),
+    Column("rule_name", String(200), nullable=False),
+    Column("device", String(128), nullable=False),
+    Column("metric", String(200), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("state", String(16), nullable=False),  # firing | acknowledged | resolved
+    Column("flapping", Boolean, nullable=False),
+    Column("value", Float),
+    Column("message", Text, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("acknowledged_at", BigInteger),
+    Column("acknowledged_by", String(200)),
+    Column("note", Text),
+    Column("resolved_at", BigInteger),
+    Column("resolved_by", String(200)),  # "auto" or a username
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("tenant_id", "id", name="uq_alerts_tenant_id"),
+)
+OPEN_ALERT = alerts.c.state != "resolved"
+Index(
+    "uq_alerts_open_series", alerts.c.rule_id, alerts.c.device, alerts.c.metric,
+    unique=True, sqlite_where=OPEN_ALERT, postgresql_where=OPEN_ALERT,
+)  # fmt: skip
+Index("ix_alerts_tenant_started", alerts.c.tenant_id, alerts.c.started_at, alerts.c.id)
+Index("ix_alerts_tenant_state", alerts.c.tenant_id, alerts.c.state)
+
+# The alert engine's evaluation state per series, so that a restart re-fires and forgets nothing.
+alert_series_state = Table(
+    "alert_series_state",
+    metadata,
+    Column("tenant_id", Id, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("rule_id", Id, primary_key=True),
+    Column("device", String(128), primary_key=True),
+    Column("metric", String(200), primary_key=True),
+    Column("state", JSON, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# One delivery per channel of an alert change, written in the change's transaction and delivered
+# at least once from here. ``target`` is the channel as the rule said when the change happened.
+notification_outbox = Table(
+    "notification_outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", Id, nullable=False),
+    Column("alert_id", Id, nullable=False),
+    Column("rule_id", Id, nullable=False),
+    Column("channel", String(16), nullable=False),  # webhook | email | mqtt | slack
+    Column("channel_index", Integer, nullable=False),  # its place in the rule's channels
+    Column("target", JSON, nullable=False),
+    Column("event", String(16), nullable=False),  # fired | acknowledged | resolved
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("next_attempt_at", BigInteger),  # None once delivered or failed for good
+    Column("created_at", BigInteger, nullable=False),
+    Column("delivered_at", BigInteger),
+    ForeignKeyConstraint(
+        ["tenant_id", "alert_id"],
+        ["alerts.tenant_id", "alerts.id"],
+        name="fk_notification_outbox_alert",
+        ondelete="CASCADE",
+    ),
+)
+Index(
+    "ix_notification_outbox_due",
+    notification_outbox.c.status,
+    notification_outbox.c.next_attempt_at,
+)
+Index("ix_notification_outbox_alert", notification_outbox.c.alert_id)
