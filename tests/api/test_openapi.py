@@ -16,7 +16,17 @@ import pytest
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from telemetra.api import accounts, auth, deadletters, devices, errors, health, ingest, telemetry
+from telemetra.api import (
+    accounts,
+    auth,
+    deadletters,
+    devices,
+    errors,
+    health,
+    ingest,
+    live,
+    telemetry,
+)
 from telemetra.api.app import create_app
 from telemetra.config import Settings
 from telemetra.store import timerange
@@ -25,7 +35,7 @@ from api_fixtures import SECRET
 
 MODULES: tuple[ModuleType, ...] = (
     *(accounts, auth, deadletters, devices),
-    *(errors, health, ingest, telemetry),
+    *(errors, health, ingest, live, telemetry),
 )
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 REF = "#/components/schemas/"
