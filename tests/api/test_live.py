@@ -290,3 +290,35 @@ class RawWebSocket:
 
     async def __aexit__(self, *exc: object) -> None:
         self.writer.close()
+
+
+async def test_streams_end_when_the_account_is_disabled(
+    live_world: tuple[World, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The account is checked again while a stream runs (here at every heartbeat): disabling
+    it ends its WebSocket (close code 4401) and its SSE stream. Heartbeats keep SSE open."""
+    import telemetra.api.live
+
+    monkeypatch.setattr(telemetra.api.live, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(telemetra.api.live, "RECHECK_S", 0.0)
+    world, address = live_world
+    token = world.tokens["a-viewer"]
+    async with (
+        connect(f"ws://{address}{API}/live", additional_headers=world.auth("a-viewer")) as ws,
+        sse_client(address, token) as sse,
+    ):
+        await asyncio.sleep(0.5)
+        assert "heartbeat" in sse.comments
+        me = await world.client.get(f"{API}/auth/me", headers=world.auth("a-viewer"))
+        users = await world.client.get(f"{API}/users", headers=world.auth("a-owner"))
+        [user] = [u for u in users.json()["items"] if u["id"] == me.json()["id"]]
+        disabled = await world.client.patch(
+            f"{API}/users/{user['id']}", json={"disabled": True}, headers=world.auth("a-owner")
+        )
+        assert disabled.status_code == 200, disabled.text
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        assert "disabled" in closed.value.rcvd.reason
+        assert sse.task is not None
+        await asyncio.wait_for(sse.task, 5)  # the stream ended

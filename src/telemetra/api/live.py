@@ -107,6 +107,8 @@ class Session:
             except ApiError as error:
                 if error.status == 401:
                     return error.message
+            except Exception:  # noqa: S110 - the database away: keep streaming, check later
+                pass
         return None
 
 
