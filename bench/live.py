@@ -165,11 +165,14 @@ async def run_mode(args: argparse.Namespace, folder: Path, redis_url: str | None
             received: list[dict[int, float]] = [{} for _ in followers]
             probe_times: list[list[float]] = [[] for _ in followers]
             probing = asyncio.Event()
+            gaps: list[int] = []  # frames dropped for followers too slow to keep up
 
             async def follow(ws: ClientConnection, got: dict[int, float], lag: list[float]) -> None:
                 async for message in ws:
                     now, wall = time.perf_counter(), time.time()
                     frame = json.loads(message)
+                    if frame["type"] == "gap":
+                        gaps.append(int(frame["dropped"] or 0))
                     for point in frame.get("points", ()):
                         if point["metric"] == "probe":
                             lag.append(wall - point["value"])
@@ -214,7 +217,12 @@ async def run_mode(args: argparse.Namespace, folder: Path, redis_url: str | None
             probing.set()
             await http.post("/bench/publish", params={"tenant": tenant, "n": probe_total,
                             "rate": args.probe_rate, "devices": args.devices})  # fmt: skip
-            await asyncio.sleep(args.seconds + 2)
+            await asyncio.sleep(args.seconds)
+            for _ in range(30):  # until the followers have everything that comes
+                delivered = sum(map(len, probe_times))
+                await asyncio.sleep(2)
+                if sum(map(len, probe_times)) == delivered:
+                    break
             for task in readers:
                 task.cancel()
             for ws_probes in probe_times:
@@ -244,6 +252,7 @@ async def run_mode(args: argparse.Namespace, folder: Path, redis_url: str | None
                                      "p99": percentile(probes, 0.99),
                                      "max": probes[-1] if probes else float("nan")},
                 "probes": probe_total, "probe_deliveries": len(probes),
+                "dropped_for_slow_followers": sum(gaps),
                 "after_answer_ms": {"p50": percentile(after, 0.5),
                                     "p99": percentile(after, 0.99)},
                 "ingest_ms": {"p50": percentile(answered, 0.5),
@@ -264,7 +273,8 @@ def report(result: dict[str, Any]) -> None:
     print(
         f"{result['mode']:>10}: bus publish → WS p50 {pub['p50']:.1f} ms, p99 {pub['p99']:.1f} "
         f"ms, max {pub['max']:.1f} ms ({result['probe_deliveries']} deliveries of "
-        f"{result['probes']} frames x {result['followers']} followers)"
+        f"{result['probes']} frames x {result['followers']} followers; "
+        f"{result['dropped_for_slow_followers']} dropped with a gap frame)"
     )
     print(
         f"{result['mode']:>10}: {result['readings']} readings x {result['followers']} followers "

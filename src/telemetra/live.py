@@ -78,8 +78,7 @@ class Filter:
         if kind not in self.types:
             return None
         alert = frame.get("alert") if kind == "alert" else None
-        device = alert.get("device") if isinstance(alert, dict) else frame.get("device")
-        if self.devices is not None and device not in self.devices:
+        if self.devices is not None and _device_of(frame) not in self.devices:
             return None
         if self.metrics is None:
             return event
@@ -189,12 +188,51 @@ class Subscription:
         return self.take()
 
 
+class Audience:
+    """The subscriptions of one tenant (or the admins'), indexed by the devices they name:
+    a frame is offered only to those who follow its device, so idle clients cost nothing."""
+
+    def __init__(self) -> None:
+        self.any_device: set[Subscription] = set()
+        self.by_device: dict[str, set[Subscription]] = {}
+        self.subs: set[Subscription] = set()
+
+    def __len__(self) -> int:
+        return len(self.subs)
+
+    def add(self, sub: Subscription) -> None:
+        self.subs.add(sub)
+        if sub.filter.devices is None:
+            self.any_device.add(sub)
+        else:
+            for device in sub.filter.devices:
+                self.by_device.setdefault(device, set()).add(sub)
+
+    def remove(self, sub: Subscription) -> None:
+        self.subs.discard(sub)
+        self.any_device.discard(sub)
+        for device in sub.filter.devices or ():
+            subs = self.by_device.get(device, set())
+            subs.discard(sub)
+            if not subs:
+                self.by_device.pop(device, None)
+
+    def following(self, device: Any) -> Iterable[Subscription]:
+        named = self.by_device.get(device) if isinstance(device, str) else None
+        return (*self.any_device, *named) if named else self.any_device
+
+
+def _device_of(frame: Frame) -> Any:
+    alert = frame.get("alert") if frame.get("type") == "alert" else None
+    return alert.get("device") if isinstance(alert, dict) else frame.get("device")
+
+
 class Hub:
     """The subscriptions of this process, by tenant."""
 
     def __init__(self) -> None:
-        self.tenants: dict[int, set[Subscription]] = {}
-        self.everyone: set[Subscription] = set()
+        self.tenants: dict[int, Audience] = {}
+        self.everyone = Audience()  # platform admins: every tenant
 
     def __len__(self) -> int:
         return sum(map(len, self.tenants.values())) + len(self.everyone)
@@ -203,40 +241,41 @@ class Hub:
         if sub.tenant_id is None:
             self.everyone.add(sub)
         else:
-            self.tenants.setdefault(sub.tenant_id, set()).add(sub)
+            self.tenants.setdefault(sub.tenant_id, Audience()).add(sub)
         prometheus.LIVE_CLIENTS.inc()
 
     def remove(self, sub: Subscription) -> None:
         if sub.tenant_id is None:
-            self.everyone.discard(sub)
+            self.everyone.remove(sub)
         else:
-            subs = self.tenants.get(sub.tenant_id, set())
-            subs.discard(sub)
-            if not subs:
-                self.tenants.pop(sub.tenant_id, None)
+            audience = self.tenants.get(sub.tenant_id)
+            if audience is not None:
+                audience.remove(sub)
+                if not audience:
+                    self.tenants.pop(sub.tenant_id, None)
         prometheus.LIVE_CLIENTS.dec()
-
-    def wants(self, tenant_id: int) -> bool:
-        return bool(self.everyone) or tenant_id in self.tenants
 
     def deliver(
         self, tenant_id: int, frames: Sequence[Frame], *, tenant: bool = True, others: bool = True
     ) -> None:
         """Offer ``frames`` of ``tenant_id`` to that tenant's subscribers and/or the admins'."""
-        subs = [
-            *(self.tenants.get(tenant_id, ()) if tenant else ()),
-            *(self.everyone if others else ()),
+        audiences = [
+            *((self.tenants[tenant_id],) if tenant and tenant_id in self.tenants else ()),
+            *((self.everyone,) if others and self.everyone else ()),
         ]
-        if not subs:
+        if not audiences:
             return
         for frame in frames:
             event = Event(frame)
-            for sub in subs:
-                sub.offer(event)
+            device = _device_of(frame)
+            for audience in audiences:
+                for sub in audience.following(device):
+                    sub.offer(event)
 
     def interrupt(self) -> None:
-        for sub in (*self.everyone, *(s for subs in self.tenants.values() for s in subs)):
-            sub.interrupt()
+        for audience in (self.everyone, *self.tenants.values()):
+            for sub in audience.subs:
+                sub.interrupt()
 
 
 Pending = tuple[int, list[Frame]] | list["Committed"]
