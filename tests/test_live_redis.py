@@ -246,3 +246,48 @@ async def test_publishing_never_waits_for_redis(redis_server: RedisServer) -> No
     finally:
         await bus.close()
     assert readings_frames([]) == {}
+
+
+async def test_redis_carries_each_tenant_to_its_followers_and_admins_once(
+    redis_server: RedisServer,
+) -> None:
+    """Two buses as two processes would use them: one publishes (ingest), one follows (serve).
+    Tenant channels reach that tenant's clients only; an admin (pattern subscription) gets
+    every tenant, each frame once, also beside clients of those tenants."""
+    from telemetra.ingest.pipeline import Committed
+    from telemetra.live import Filter
+    from telemetra.model import Reading
+
+    ingest, serve = RedisBus(redis_server.url), RedisBus(redis_server.url)
+    await ingest.start()
+    await serve.start()
+    try:
+        async with (
+            serve.following(1, Filter()) as one,
+            serve.following(2, Filter(devices=frozenset({"b"}))) as two,
+            serve.following(None, Filter()) as admin,
+        ):
+            ingest.publish_committed(
+                [Committed(1, "a", Reading("t", 1, 1.0)), Committed(2, "b", Reading("t", 1, 2.0)),
+                 Committed(3, "c", Reading("t", 1, 3.0))]
+            )  # fmt: skip
+            ingest.publish(2, [{"type": "status", "device": "b", "online": False,
+                                "last_seen": "2026-11-22T09:55:00Z"}])  # fmt: skip
+            got: dict[str, list[dict[str, Any]]] = {"one": [], "two": [], "admin": []}
+            deadline = time.monotonic() + 10
+            while len(got["admin"]) < 4 and time.monotonic() < deadline:
+                for name, sub in (("one", one), ("two", two), ("admin", admin)):
+                    got[name] += [json.loads(t) for _, t in await sub.next(0.2)]
+            await asyncio.sleep(0.3)
+            for name, sub in (("one", one), ("two", two), ("admin", admin)):
+                got[name] += [json.loads(t) for _, t in sub.take()]
+    finally:
+        await ingest.close()
+        await serve.close()
+    assert [(f["type"], f["device"]) for f in got["one"]] == [("readings", "a")]
+    assert sorted((f["type"], f["device"]) for f in got["two"]) == [
+        ("readings", "b"), ("status", "b")
+    ]  # fmt: skip
+    assert sorted((f["type"], f["device"]) for f in got["admin"]) == [
+        ("readings", "a"), ("readings", "b"), ("readings", "c"), ("status", "b")
+    ]  # fmt: skip

@@ -456,6 +456,7 @@ class RedisBus(Bus):
         self._channels: set[str] = set()  # subscribed on the current connection
         self._pattern = False
         self._confirmed: dict[str, asyncio.Event] = {}
+        self._connected = asyncio.Event()  # the listener is connected and subscribed
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -531,6 +532,9 @@ class RedisBus(Bus):
     async def _subscribed(self, sub: Subscription) -> None:
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
+        if self._pubsub is None:  # the first client, or Redis away: wait for the connection
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), SUBSCRIBE_WAIT_S)
         name = f"{CHANNEL}*" if sub.tenant_id is None else f"{CHANNEL}{sub.tenant_id}"
         try:
             async with self._lock:
@@ -580,6 +584,7 @@ class RedisBus(Bus):
                 async with self._lock:
                     self._pubsub, self._channels, self._pattern = pubsub, set(), False
                     await self._sync()
+                self._connected.set()
                 if self._listen_down:
                     self._listen_down = False
                     log.info("live bus: Redis reachable again; streaming", redis=self.name)
@@ -592,6 +597,7 @@ class RedisBus(Bus):
                 raise
             except Exception as error:
                 self._pubsub = None
+                self._connected.clear()
                 self._confirmed.clear()
                 if not self._listen_down:
                     self._listen_down = True
