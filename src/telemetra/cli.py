@@ -245,11 +245,20 @@ def ingest() -> None:
         engine = await wait_for_database(url, stop, tenant_scope=ALL_TENANTS)
         if engine is None:
             return
+        bus = None
         try:
             pipeline = Pipeline(engine, config, routes)
+            if config.redis_url:  # committed readings out to every `serve`'s live clients
+                from telemetra.live import RedisBus
+
+                bus = RedisBus(config.redis_url)
+                await bus.start()
+                pipeline.listeners.append(bus.on_commit)
             tune_gc()
             await MqttIngest(config, pipeline).run(stop)
         finally:
+            if bus is not None:
+                await bus.close()
             await engine.dispose()
 
     try:
@@ -491,6 +500,7 @@ def serve(
     uvicorn.run(
         api, host=host or config.api_host, port=port or config.api_port, log_config=None,
         proxy_headers=False,  # the app reads X-Forwarded-For from TELEMETRA_TRUSTED_PROXIES only
+        timeout_graceful_shutdown=5,  # live streams never end by themselves
     )  # fmt: skip
 
 

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
         description="reverse proxies (hosts or CIDRs, comma-separated; '' none, '*' any) whose "
         "X-Forwarded-For/-Proto name the client",
     )
+    redis_url: str | None = Field(
+        None,
+        description="redis://[:password@]host:6379/0 (rediss:// for TLS): the live stream "
+        "crosses processes (any `serve` streams what any `ingest` committed); unset: in-process",
+    )
+    live_client_queue: int = Field(
+        1000, ge=10, description="frames a slow live client may fall behind before it gets a gap"
+    )
     demo: bool = False
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="`telemetra ingest`: serve Prometheus metrics here"

@@ -32,3 +32,13 @@ HTTP_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+LIVE_CLIENTS = Gauge("telemetra_live_clients", "Live stream clients (WebSocket and SSE) connected")
+LIVE_DROPPED = Counter(
+    "telemetra_live_dropped_total",
+    "Live frames not delivered: to a slow client whose queue was full (slow_client), or "
+    "readings the bus could not publish in time (publisher)",
+    ["where"],
+)
+LIVE_PUBLISH_ERRORS = Counter(
+    "telemetra_live_publish_errors_total", "Attempts to publish to Redis that failed"
+)

@@ -25,6 +25,7 @@ from telemetra.api import (
     errors,
     health,
     ingest,
+    live,
     rules,
     telemetry,
 )
@@ -36,7 +37,7 @@ from api_fixtures import SECRET
 
 MODULES: tuple[ModuleType, ...] = (
     *(accounts, auth, deadletters, devices),
-    *(errors, health, ingest, telemetry),
+    *(errors, health, ingest, live, telemetry),
     *(rules, alerts),
 )
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}

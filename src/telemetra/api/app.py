@@ -23,6 +23,7 @@ from telemetra.api import (
     errors,
     health,
     ingest,
+    live,
     rules,
     telemetry,
 )
@@ -31,6 +32,7 @@ from telemetra.broker.mosquitto import read_state
 from telemetra.broker.sync import BrokerSync
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Pipeline
+from telemetra.live import Bus, open_bus
 from telemetra.metrics import HTTP_SECONDS
 from telemetra.store.tenancy import run_platform_wide
 
@@ -98,8 +100,12 @@ class Timed:
             )
 
 
-def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI:
-    """The API for ``settings``; ``engine`` may be given (tests), else it is opened at start."""
+def create_app(
+    settings: Settings, engine: AsyncEngine | None = None, bus: Bus | None = None
+) -> FastAPI:
+    """The API for ``settings``; ``engine`` may be given (tests), else it is opened at start.
+    ``bus`` carries the live stream: given (one process running ingest too), else made from
+    the settings (Redis when ``TELEMETRA_REDIS_URL`` is set)."""
     secret = check_secret(settings)
     reserved: set[str] = set()  # device ids the managed broker keeps for its services
     if settings.broker_dir is not None:
@@ -114,7 +120,11 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
         # Fail closed: each request says whose data it works on (store.tenancy).
         app.state.engine = await open_database(settings.sqlalchemy_url) if own else engine
         await warn_if_rls_bypassed(app.state.engine, "serve")
-        app.state.http_ingest = ingest.HttpIngest(Pipeline(app.state.engine, settings), settings)
+        app.state.live = bus or open_bus(settings.redis_url, settings.live_client_queue)
+        await app.state.live.start()
+        pipeline = Pipeline(app.state.engine, settings)
+        pipeline.listeners.append(app.state.live.on_commit)  # after commit, never before
+        app.state.http_ingest = ingest.HttpIngest(pipeline, settings)
         # The ingest pipeline writes for every tenant: its task starts platform-wide.
         run_platform_wide(app.state.http_ingest.start)
         app.state.broker_sync = (
@@ -126,6 +136,8 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
             yield
         finally:
             await app.state.http_ingest.close()
+            if bus is None:
+                await app.state.live.close()
             if own:
                 await app.state.engine.dispose()
 
@@ -170,6 +182,7 @@ def create_app(settings: Settings, engine: AsyncEngine | None = None) -> FastAPI
     api.include_router(deadletters.router)
     api.include_router(rules.router)
     api.include_router(alerts.router)
+    api.include_router(live.router)
     api.include_router(ingest.router)  # last: its /{device_token}/telemetry matches broadly
     app.include_router(health.router)
     app.include_router(api)

@@ -111,14 +111,20 @@ async def current_caller(request: Request, token: Annotated[str | None, Depends(
     """The caller of this request, from its bearer token."""
     if token is None:
         raise ApiError(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
-    secret = request.app.state.secret_key
+    return await authenticate(request.app, token)
+
+
+async def authenticate(app: Any, token: str) -> Caller:
+    """The caller a user token stands for, checked against the account as stored now (for
+    requests and for live streams, which check again while they run)."""
+    secret = app.state.secret_key
     claimed, tag = read_token(secret, token)
-    request.app.state.user_limits.check(f"user:{claimed.user_id}", "user")
+    app.state.user_limits.check(f"user:{claimed.user_id}", "user")
     # The account as stored now: a deleted or disabled user's token stops working at once,
     # a changed role or tenant applies to tokens already issued, and a changed password
     # ends the tokens issued before it. Whichever tenant holds it now: platform-wide.
     with platform_wide():
-        async with request.app.state.engine.connect() as conn:
+        async with app.state.engine.connect() as conn:
             row = (
                 await conn.execute(select(users).where(users.c.id == claimed.user_id))
             ).one_or_none()

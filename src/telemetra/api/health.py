@@ -42,7 +42,8 @@ class ReadyOut(BaseModel):
 
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(
-        description="per dependency (database, broker): ok, or why it is unreachable"
+        description="per dependency (database, broker, and redis when TELEMETRA_REDIS_URL "
+        "is set): ok, or why it is unreachable"
     )
     broker: str = Field(
         description="the MQTT broker checked: TELEMETRA_MQTT_URL without its credentials"
@@ -94,7 +95,8 @@ _READY_DOC: dict[int | str, dict[str, Any]] = {
 
 @router.get("/ready", response_model=ReadyOut, summary="Readiness", responses=_READY_DOC)
 async def ready(request: Request) -> Any:
-    """The database answers and the MQTT broker accepts connections (within 2 s each).
+    """The database answers and the MQTT broker accepts connections (within 2 s each), and
+    Redis answers when TELEMETRA_REDIS_URL is set (the live stream across processes).
 
     The broker is the one TELEMETRA_MQTT_URL names (with TLS for mqtts://), named in the
     answer."""
@@ -107,6 +109,8 @@ async def ready(request: Request) -> Any:
     except Exception as error:
         checks["database"] = f"unreachable: {str(error)[:200]}"
     broker, checks["broker"] = await _broker(request.app.state.settings)
+    if request.app.state.settings.redis_url:  # the live stream across processes
+        checks["redis"] = await request.app.state.live.check()
     ok = all(v == "ok" for v in checks.values())
     body = {"status": "ok" if ok else "unavailable", "checks": checks, "broker": broker}
     return JSONResponse(body, status_code=200 if ok else 503)
