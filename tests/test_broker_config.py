@@ -439,8 +439,9 @@ def _as(user: str | None) -> list[str]:
 
 def _daemon_pid(pid_file: Path) -> int:
     deadline = time.monotonic() + 10
-    while not pid_file.exists():
-        assert time.monotonic() < deadline, f"no {pid_file}"
+    # The daemon creates the file before it writes its pid: wait for the digits, not the name.
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline, f"no pid in {pid_file}"
         time.sleep(0.05)
     return int(pid_file.read_text())
 
