@@ -267,6 +267,42 @@ def ingest() -> None:
         raise fail(str(error)) from None
 
 
+@app.command()
+def worker() -> None:
+    """Run the alert worker: rules, device status, notifications (one active; run a spare)."""
+    from telemetra.alerts.worker import Worker
+    from telemetra.store.database import wait_for_database
+    from telemetra.store.tenancy import ALL_TENANTS
+
+    config = settings()
+    url = database_url(config)
+    if config.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port, addr=config.api_host)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        install_stop(stop)
+        engine = await wait_for_database(url, stop, tenant_scope=ALL_TENANTS)
+        if engine is None:
+            return
+        bus = None
+        try:
+            if config.redis_url:  # alert and status frames out to every `serve`'s live clients
+                from telemetra.live import RedisBus
+
+                bus = RedisBus(config.redis_url)
+                await bus.start()
+            await Worker(engine, config, bus.publish if bus else None).run(stop)
+        finally:
+            if bus is not None:
+                await bus.close()
+            await engine.dispose()
+
+    run(go())
+
+
 def routes_of(config: Settings) -> Any:
     from telemetra.ingest.routes import DEFAULT_ROUTES, parse_routes
 

@@ -240,6 +240,12 @@ async def _forget_breach(conn: Any, alert: Alert) -> None:
         await store.save_series_state(conn, [(alert.tenant_id, key, state.to_dict())])
 
 
+def _live(request: Request, event: str, alert: Alert) -> None:
+    """The change out on the live stream (after its commit)."""
+    frame = {"type": "alert", "event": event, "alert": store.alert_json(alert)}
+    request.app.state.live.publish(alert.tenant_id, [frame])
+
+
 def _refused(error: AlertStateError) -> ApiError:
     return ApiError(409, str(error))
 
@@ -267,6 +273,7 @@ async def acknowledge_alert(
             changed = await store.acknowledge(conn, alert, caller.username, body.note)
     except AlertStateError as error:
         raise _refused(error) from None
+    _live(request, "acknowledged", changed)
     return await _shown(request, changed)
 
 
@@ -296,4 +303,5 @@ async def resolve_alert(
             await _forget_breach(conn, changed)
     except AlertStateError as error:
         raise _refused(error) from None
+    _live(request, "resolved", changed)
     return await _shown(request, changed)

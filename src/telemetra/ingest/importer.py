@@ -130,7 +130,7 @@ def import_pipeline(engine: AsyncEngine, settings: Settings) -> Pipeline:
     file the receive time is the import time, so dense old data would look like a device clock
     that is days behind and be "corrected" to now. Imported timestamps are taken as recorded.
     """
-    pipeline = Pipeline(engine, settings)
+    pipeline = Pipeline(engine, settings, feed_alerts=False)
     # No estimate from file times, and no live estimate applied to recorded times either.
     pipeline.policy = dataclasses.replace(
         pipeline.policy, clock_min_samples=2**31, clock_correct_after_us=2**62

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra import metrics as prometheus
+from telemetra.alerts.feed import AlertFeed, DeviceCounts
 from telemetra.config import Settings
 from telemetra.ingest.clean import (
     DeviceState,
@@ -252,6 +253,8 @@ class Pipeline:
         settings: Settings,
         routes: Sequence[Route] = DEFAULT_ROUTES,
         rules: RuleBook | None = None,
+        *,
+        feed_alerts: bool = True,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -278,6 +281,9 @@ class Pipeline:
         self.timings: defaultdict[str, float] = defaultdict(float)  # seconds per phase
         self.stopping = asyncio.Event()  # set: give up waiting for the database
         self.unknown_devices = UnknownDeviceWarning()
+        # Committed readings that enabled alert rules watch, fed to the worker in the same
+        # transaction (None: not evaluated, e.g. a history import).
+        self.alert_feed: AlertFeed | None = AlertFeed() if feed_alerts else None
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -617,6 +623,11 @@ class Pipeline:
                     quality[counter if fresh else (*counter[:2], "duplicate_rejection")] += 1
             await add_quality_counts(conn, dict(quality))
             await touch_devices(conn, seen)
+            committed = self._committed(works, entries, result.existing)
+            if self.alert_feed is not None:
+                await self.alert_feed.write(
+                    conn, committed, _device_counts(works, accepted, rejected)
+                )
 
         for position, work in enumerate(works):
             work.outcome.accepted += accepted[position]
@@ -643,18 +654,28 @@ class Pipeline:
             prometheus.DUPLICATE_REJECTIONS.labels(reason).inc(n)
         outcomes = [w.outcome for w in works]
         if self.listeners:
-            stored_before = {(e.device_id, e.metric_id, e.ts) for e in result.existing}
-            committed = [
-                Committed(row[0], works[position].outcome.device or "", reading)
-                for key, (row, position, reading) in entries.items()
-                if key not in stored_before
-            ]
             for listener in self.listeners:
                 try:
                     await listener(outcomes, committed)
                 except Exception:  # a listener must never undo or block ingest
                     log.exception("fan-out listener failed")
         return outcomes
+
+    def _committed(
+        self,
+        works: list[_Work],
+        entries: dict[tuple[int, int, int], tuple[tuple[Any, ...], int, Reading]],
+        existing: Sequence[Any],
+    ) -> list[Committed]:
+        """The readings this batch stored (not those stored before), for the fan-out."""
+        if not self.listeners and self.alert_feed is None:
+            return []
+        stored_before = {(e.device_id, e.metric_id, e.ts) for e in existing}
+        return [
+            Committed(row[0], works[position].outcome.device or "", reading)
+            for key, (row, position, reading) in entries.items()
+            if key not in stored_before
+        ]
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -785,6 +806,24 @@ class Pipeline:
                 await writing
             except Abandoned as reason:
                 log.warning("unacknowledged messages left for redelivery", reason=str(reason))
+
+
+def _device_counts(
+    works: Sequence[_Work], accepted: Counter[int], rejected: dict[int, list[Rejection]]
+) -> list[DeviceCounts]:
+    """Per device of the batch: messages accepted and rejected, the latest receive time."""
+    by_device: dict[tuple[int, str], list[int]] = {}
+    for position, work in enumerate(works):
+        device = work.device
+        if device is None:
+            continue
+        counts = by_device.setdefault((device.tenant_id, device.uid), [0, 0, 0])
+        counts[0] = max(counts[0], work.message.received_at)
+        if rejected[position]:  # a message with any value rejected counts as rejected
+            counts[2] += 1
+        else:
+            counts[1] += 1
+    return [DeviceCounts(t, uid, *c) for (t, uid), c in by_device.items()]
 
 
 def _conflict(reading: Reading, detail: str | None) -> Rejection:

@@ -57,6 +57,9 @@ devices = Table(
     Column("broker_hash", String(256)),  # Mosquitto password-file form of the same token
     Column("clock_offset_us", BigInteger),
     Column("created_at", BigInteger, nullable=False),
+    # The worker's verdict from last seen and the expected interval (NULL: not judged yet).
+    Column("online", Boolean),
+    Column("online_changed_at", BigInteger),
     # The target of tenant-scoped references (migration 0004).
     UniqueConstraint("tenant_id", "id", name="uq_devices_tenant_id"),
 )
@@ -329,3 +332,14 @@ Index(
     notification_outbox.c.next_attempt_at,
 )
 Index("ix_notification_outbox_alert", notification_outbox.c.alert_id)
+
+# Committed readings some enabled alert rule watches: one row per batch and tenant, written in
+# the batch's transaction, evaluated and deleted by the worker (migration 0010).
+alert_feed = Table(
+    "alert_feed",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
