@@ -84,6 +84,33 @@ class Settings(BaseSettings):
     live_client_queue: int = Field(
         1000, ge=10, description="frames a slow live client may fall behind before it gets a gap"
     )
+    notify_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="seconds one notification delivery may take (HTTP, SMTP, MQTT)",
+    )
+    notify_max_attempts: int = Field(
+        8, ge=1, le=100, description="delivery attempts of a notification before it fails for good"
+    )
+    notify_allow: str = Field(
+        "",
+        description="hosts, addresses or CIDR networks (comma-separated) webhooks and Slack may "
+        "reach although they are not public, e.g. '127.0.0.1,10.0.0.0/8,hooks.internal'",
+    )
+    smtp_host: str | None = Field(None, description="SMTP server for email notifications")
+    smtp_port: int | None = Field(
+        None, ge=1, le=65535, description="SMTP port; default 587 (starttls), 465 (tls), 25 (none)"
+    )
+    smtp_username: str | None = Field(None, description="SMTP login (none: no AUTH)")
+    smtp_password: str | None = Field(None, description="SMTP password")
+    smtp_from: str = Field("telemetra@localhost", description="From address of alert emails")
+    smtp_security: str = Field(
+        "starttls", pattern="^(starttls|tls|none)$", description="starttls, tls or none"
+    )
+    smtp_ca_file: Path | None = Field(
+        None, description="CA certificate the SMTP server's must chain to (default: the system's)"
+    )
     demo: bool = False
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="`telemetra ingest`: serve Prometheus metrics here"
@@ -111,6 +138,14 @@ class Settings(BaseSettings):
                 "characters); make one with "
                 '`python -c "import secrets; print(secrets.token_urlsafe(48))"`'
             )
+        return value
+
+    @field_validator("notify_allow")
+    @classmethod
+    def _allow_list(cls, value: str) -> str:
+        from telemetra.alerts.ssrf import parse_allow
+
+        parse_allow(value)  # a clear error for a bad network
         return value
 
     @field_validator("default_timezone")

@@ -42,3 +42,15 @@ LIVE_DROPPED = Counter(
 LIVE_PUBLISH_ERRORS = Counter(
     "telemetra_live_publish_errors_total", "Attempts to publish to Redis that failed"
 )
+NOTIFICATIONS = Counter(
+    "telemetra_notifications_total",
+    "Alert notification delivery attempts by channel and result: delivered, retry (pending "
+    "again after a transient error) or failed (for good)",
+    ["channel", "result"],
+)
+NOTIFICATION_FAILURES = Counter(
+    "telemetra_notification_failures_total",
+    "Notifications that failed for good, by channel and why: permanent (refused by the target, "
+    "a bad address), refused (not a public address) or gave_up (attempts used up)",
+    ["channel", "reason"],
+)
