@@ -447,12 +447,13 @@ def device_list(
         for row in rows:
             print(json.dumps({k: v for k, v in row._mapping.items() if k not in _SECRETS}))
         return
-    table = Table("uid", "tenant", "name", "type", "status", "last seen", "clock offset")
+    table = Table("uid", "tenant", "name", "type", "status", "online", "last seen", "clock offset")
     from telemetra.ingest.timestamps import format_us
 
     for row in rows:
+        online = "" if row.online is None else ("online" if row.online else "offline")
         table.add_row(
-            row.uid, row.tenant, row.name or "", row.type or "", row.status,
+            row.uid, row.tenant, row.name or "", row.type or "", row.status, online,
             format_us(row.last_seen) if row.last_seen else "never",
             _offset_s(row.clock_offset_us),
         )  # fmt: skip

@@ -117,6 +117,18 @@ class Settings(BaseSettings):
     )
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = "INFO"
+    expected_interval_s: float = Field(
+        300.0,
+        gt=0,
+        description="`telemetra worker`: how often a device is expected to report, "
+        "unless its type (TELEMETRA_EXPECTED_INTERVALS) or its metadata says; a device is offline "
+        "after 3 intervals without a message",
+    )
+    expected_intervals: dict[str, float] = Field(
+        default_factory=dict,
+        description="expected report interval in seconds per device type, as JSON, e.g. "
+        '\'{"freezer": 60, "greenhouse": 300}\'',
+    )
 
     batch_max_messages: int = Field(4000, ge=1)
     batch_max_wait_ms: int = Field(50, ge=1)

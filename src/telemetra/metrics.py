@@ -54,3 +54,7 @@ NOTIFICATION_FAILURES = Counter(
     "a bad address), refused (not a public address) or gave_up (attempts used up)",
     ["channel", "reason"],
 )
+ALERT_EVALUATED = Counter(
+    "telemetra_alert_readings_evaluated_total", "Committed readings the worker evaluated"
+)
+WORKER_ACTIVE = Gauge("telemetra_worker_active", "1 while this worker holds the active lock")

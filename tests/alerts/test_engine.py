@@ -45,7 +45,7 @@ class Fleet:
         self.tenant_id = tenant_id
         self.uids = uids
         self.pipeline = Pipeline(engine, SETTINGS)
-        self.engine = Engine(engine)
+        self.engine = Engine(engine, settle_us=0)
 
     async def rule(self, definition: dict[str, Any]) -> store.StoredRule:
         async with self.db.begin() as conn:
@@ -176,7 +176,7 @@ async def test_for_and_silence_end_by_the_clock_and_a_new_engine_carries_on(
     assert fired["alert"]["rule"] == "warm for 2m"
     assert fired["alert"]["started_at"].startswith(time.strftime("%Y"))
     # A new engine (a restarted worker) re-fires nothing and forgets nothing.
-    fresh = Engine(fleet.db)
+    fresh = Engine(fleet.db, settle_us=0)
     assert (await fresh.tick(t + 122 * S)).frames.get(fleet.tenant_id) is None
     outcome = await fresh.tick(t + 301 * S)
     silent = outcome.frames[fleet.tenant_id]

@@ -250,7 +250,7 @@ async def test_a_webhook_is_posted_signed_with_an_idempotency_key(
     assert h["content-type"] == "application/json"
     assert h["host"] == f"127.0.0.1:{receiver.port}"
     assert h["x-telemetra-event"] == "fired"
-    assert h["x-telemetra-idempotency-key"] == f"telemetra-{pending.id}"
+    assert h["idempotency-key"] == f"telemetra-{pending.id}"
     assert abs(int(h["x-telemetra-timestamp"]) - time.time()) < 30
     # The receiver's check, as docs/alerts.md shows it:
     expected = hmac.new(
@@ -301,9 +301,7 @@ async def test_a_500_is_retried_after_the_backoff_with_the_same_key(
 
     assert await deliver_due(engine, settings(), now=t + S) == {}  # not due yet
     assert await deliver_due(engine, settings(), now=t + 2 * S) == {"delivered": 1}
-    assert [s.headers["x-telemetra-idempotency-key"] for s in receiver.seen] == [
-        f"telemetra-{pending.id}"
-    ] * 2
+    assert [s.headers["idempotency-key"] for s in receiver.seen] == [f"telemetra-{pending.id}"] * 2
     assert receiver.seen[0].body == receiver.seen[1].body
     done = await row(engine, pending)
     assert (done.status, done.attempts, done.last_error) == ("delivered", 2, None)
@@ -666,8 +664,8 @@ async def test_a_deliverer_killed_mid_delivery_leaves_it_pending_and_it_is_sent_
         stalling.close()
     first, second = stalling.seen
     key = f"telemetra-{pending.id}"
-    assert first.headers["x-telemetra-idempotency-key"] == key
-    assert second.headers["x-telemetra-idempotency-key"] == key
+    assert first.headers["idempotency-key"] == key
+    assert second.headers["idempotency-key"] == key
     assert first.body == second.body
     done = await row(engine, pending)
     assert (done.status, done.attempts) == ("delivered", 1)

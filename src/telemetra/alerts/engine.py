@@ -1,9 +1,10 @@
 """The alert engine: the worker's evaluation of the feed and of the passing time.
 
-``evaluate_feed`` takes committed readings from the alert feed (see ``alerts.feed``), runs them
-through the pure evaluation (``alerts.evaluate``) against each series' stored state, and in one
-transaction opens, resolves or marks alerts (their notifications go to the outbox in that same
-transaction), saves the states and deletes the feed rows. ``tick`` does what time alone decides:
+``evaluate_feed`` takes committed readings from the alert feed (see ``alerts.feed``) once they
+have settled for ``SETTLE_US``, runs them through the pure evaluation (``alerts.evaluate``)
+against each series' stored state, and in one transaction opens, resolves or marks alerts (their
+notifications go to the outbox in that same transaction), saves the states and deletes the feed
+rows. ``tick`` does what time alone decides:
 ``for`` durations and silences (``no_data``) that end without a new reading. Both hand back the
 live frames of the alert changes, for the caller to publish once the transaction is committed.
 
@@ -43,6 +44,10 @@ from telemetra.store.schema import alert_rules, alert_series_state, devices
 log = structlog.get_logger("telemetra.alerts")
 
 RELOAD_S = 30.0
+# Feed rows are evaluated once they are this old: the batches that several ingest processes
+# commit within it are evaluated together, in event-time order, instead of one batch's
+# readings making the other's late.
+SETTLE_US = 500_000
 KEY_CHUNK = 500
 Frame = dict[str, Any]
 SeriesKey = tuple[int, str, str]  # (rule id, device, metric or '')
@@ -97,8 +102,11 @@ def _needs_tick(rule: Rule, s: SeriesState) -> bool:
 class Engine:
     """Evaluation of enabled rules for every tenant (one active worker runs it)."""
 
-    def __init__(self, db: AsyncEngine, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, db: AsyncEngine, clock: Any = time.monotonic, settle_us: int = SETTLE_US
+    ) -> None:
         self.db = db
+        self.settle_us = settle_us
         self.watchers: dict[int, Watcher] = {}
         self.devices: dict[str, DeviceInfo] = {}
         self.states: dict[SeriesKey, SeriesState] = {}  # for tick: reloaded every RELOAD_S
@@ -175,7 +183,7 @@ class Engine:
         """Evaluate the oldest feed rows in one transaction; what changed."""
         outcome = Outcome()
         async with self.db.begin() as conn:
-            rows = await feed.take(conn, limit)
+            rows = await feed.take(conn, limit, before=now_us() - self.settle_us)
             if not rows:
                 return outcome
             await self._load_rules(conn)

@@ -142,11 +142,15 @@ class FeedRow:
     created_at: int
 
 
-async def take(conn: AsyncConnection, limit: int = 100) -> list[FeedRow]:
-    """The oldest feed rows, at most ``limit`` (a batch committed later with a lower id is
-    simply taken on a later call: rows are deleted when done, not skipped by a cursor)."""
+async def take(conn: AsyncConnection, limit: int = 100, before: int | None = None) -> list[FeedRow]:
+    """The oldest feed rows written before ``before`` (µs), at most ``limit``. A batch
+    committed later with a lower id is simply taken on a later call: rows are deleted when
+    done, not skipped by a cursor."""
     f = alert_feed.c
-    rows = await conn.execute(select(alert_feed).order_by(f.id).limit(limit))
+    query = select(alert_feed).order_by(f.id).limit(limit)
+    if before is not None:
+        query = query.where(f.created_at <= before)
+    rows = await conn.execute(query)
     return [FeedRow(int(r.id), int(r.tenant_id), dict(r.body), int(r.created_at)) for r in rows]
 
 

@@ -5,7 +5,7 @@ leaves them alone), delivers them concurrently and records each attempt in its o
 transaction: delivered, pending again after a backoff (a transient error), or failed for good (a
 permanent error, or ``TELEMETRA_NOTIFY_MAX_ATTEMPTS`` used up). The status is written only after
 the attempt: a process killed while delivering leaves the row pending, and it is delivered again
-once its lease ends (at least once). Receivers tell a repeat by ``X-Telemetra-Idempotency-Key``.
+once its lease ends (at least once). Receivers tell a repeat by ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def webhook_request(
         "Content-Type": "application/json",
         "User-Agent": "telemetra-notify",
         "X-Telemetra-Event": notification.event,
-        "X-Telemetra-Idempotency-Key": idempotency_key(notification),
+        "Idempotency-Key": idempotency_key(notification),
         "X-Telemetra-Timestamp": timestamp,
     }
     if channel.secret:
@@ -434,7 +434,7 @@ class _Sender:
             slack = SlackChannel.model_validate(n.target)
             body = orjson.dumps({"text": summary(n.payload)})
             headers = {"Content-Type": "application/json", "User-Agent": "telemetra-notify",
-                       "X-Telemetra-Idempotency-Key": idempotency_key(n)}  # fmt: skip
+                       "Idempotency-Key": idempotency_key(n)}  # fmt: skip
             await _http(self.client, slack.url, body, headers, self.allow, timeout)
         elif n.channel == "email":
             await send_email(self.settings, n, EmailChannel.model_validate(n.target))

@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telemetra import metrics as prometheus
-from telemetra.alerts.engine import Engine, Frame
+from telemetra.alerts.engine import Engine, Frame, Outcome
 from telemetra.alerts.notify import deliver_due
 from telemetra.alerts.status import update_status
 from telemetra.config import Settings
@@ -161,6 +161,13 @@ class Worker:
         self.publish = publish
         self.clock = clock
         self.stats: dict[str, int] = {"readings": 0, "events": 0, "status": 0, "delivered": 0}
+        self._changed = asyncio.Event()  # alerts changed: their notifications are due
+
+    def _done(self, outcome: Outcome) -> None:
+        """After an evaluation's commit: its frames out, delivery woken for its outbox rows."""
+        self._out(outcome.frames)
+        if outcome.events:
+            self._changed.set()
 
     def _out(self, frames: dict[int, list[Frame]]) -> None:
         if self.publish is not None:
@@ -172,7 +179,7 @@ class Worker:
         total = rows = 0
         for _ in range(20):  # then let the clock and status have their turn
             outcome = await self.engine.evaluate_feed()
-            self._out(outcome.frames)
+            self._done(outcome)
             total += outcome.readings
             rows += outcome.rows
             self.stats["events"] += outcome.events
@@ -185,7 +192,7 @@ class Worker:
     async def tick_once(self) -> None:
         outcome = await self.engine.tick(self.clock())
         self.stats["events"] += outcome.events
-        self._out(outcome.frames)
+        self._done(outcome)
 
     async def status_once(self) -> None:
         s = self.settings
@@ -194,8 +201,12 @@ class Worker:
                 conn, self.clock(), s.expected_intervals, s.expected_interval_s
             )
         self.stats["status"] += len(changes)
+        for online in (True, False):
+            uids = [c.device for c in changes if c.online is online]
+            if uids:  # one line per judgement, not per device (a fleet comes online at once)
+                word = "online" if online else "offline"
+                log.info(f"{len(uids)} device(s) {word}", devices=uids[:5], more=len(uids[5:]))
         for change in changes:
-            log.info("device " + ("online" if change.online else "offline"), device=change.device)
             self._out({change.tenant_id: [change.frame()]})
 
     async def _evaluating(self, stop: asyncio.Event) -> None:
@@ -218,7 +229,11 @@ class Worker:
         async def step() -> float:
             report = await deliver_due(self.db, self.settings)
             self.stats["delivered"] += int(report.get("delivered", 0))
-            return 0.0 if sum(report.values()) else TICK_S
+            if not sum(report.values()):  # nothing due: wait for new alerts, or retries
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), TICK_S)
+                self._changed.clear()
+            return 0.0
 
         await _guarded(stop, "notification delivery", step)
 

@@ -33,6 +33,7 @@ _DEVICE: dict[str, Any] = {
     "timezone": "Europe/Berlin",
     "metadata": {"location": {"lat": 48.2, "lon": 16.4}, "firmware": "1.2"},
     "last_seen": "2026-11-22T10:00:01.250000Z",
+    "online": True,
     "clock_offset_s": -0.8,
     "created_at": "2026-01-05T10:00:00Z",
 }
@@ -144,6 +145,10 @@ class DeviceOut(BaseModel):
     timezone: str | None
     metadata: dict[str, Any]
     last_seen: str | None
+    online: bool | None = Field(
+        description="the worker's verdict from last seen and the expected interval "
+        "(metadata `expected_interval`, else per type); null until judged"
+    )
     clock_offset_s: float | None
     created_at: str
 
@@ -160,8 +165,8 @@ class DeviceCreated(DeviceOut):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {**_DEVICE, "last_seen": None, "clock_offset_s": None, "token": _TOKEN,
-                 "broker": "reloaded"}
+                {**_DEVICE, "last_seen": None, "online": None, "clock_offset_s": None,
+                 "token": _TOKEN, "broker": "reloaded"}
             ]
         }
     )  # fmt: skip
@@ -224,6 +229,7 @@ def _out(row: Any) -> dict[str, Any]:
         "timezone": row.timezone,
         "metadata": _metadata(row),
         "last_seen": format_us(row.last_seen) if row.last_seen else None,
+        "online": row.online,
         "clock_offset_s": row.clock_offset_us / 1e6 if row.clock_offset_us is not None else None,
         "created_at": format_us(row.created_at),
     }
