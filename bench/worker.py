@@ -9,10 +9,10 @@ Not a test. In one process, on a fresh PostgreSQL database (dropped at the end):
    feed row). Reported: messages/s of each, and the ratio (median of paired rounds).
 2. **Worker evaluation**: the feed written by the enabled rounds, drained by the engine:
    readings/s and rule evaluations/s.
-3. **Threshold → webhook**: ``telemetra worker`` runs in-process (feed settle window, delivery
-   woken by new alerts) with a webhook rule; one reading over the threshold per device is
-   committed, and the time from its commit to the webhook's arrival at a local receiver is
-   recorded: p50 / p99 / max.
+3. **Threshold → webhook**: ``telemetra worker`` runs as its own process while this one commits
+   ``--load`` readings/s that the 100 rules watch; a webhook rule gets one reading over its
+   threshold per device, and the time from that commit to the webhook's arrival at a local
+   receiver is recorded: p50 / p99 / max.
 
     .venv/bin/python bench/worker.py                    # ~1 min
     .venv/bin/python bench/worker.py --rounds 6 --latency-samples 100
@@ -27,9 +27,13 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import statistics
+import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -39,7 +43,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra.alerts import store
 from telemetra.alerts.engine import Engine
-from telemetra.alerts.worker import Worker
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Message, Pipeline
 from telemetra.store.catalog import create_device, create_tenant
@@ -121,7 +124,28 @@ async def evaluation(db: AsyncEngine, rules_per_reading: int) -> dict[str, float
     }
 
 
-async def webhook_latency(db: AsyncEngine, args: argparse.Namespace) -> dict[str, float]:
+async def load(
+    db: AsyncEngine, uids: list[str], metrics: int, rate: int, stop: asyncio.Event
+) -> int:
+    """Commit ``rate`` readings/s (every 100 ms) of readings the 100 rules watch, until stop."""
+    pipeline = Pipeline(db, Settings(database_url="postgresql://unused"))
+    per_tick = max(1, rate // 10 // metrics)
+    t_ms = (int(time.time()) - 3600) * 1000
+    sent = i = 0
+    while not stop.is_set():
+        started = time.perf_counter()
+        t_ms += 1
+        chosen = [uids[(i + k) % len(uids)] for k in range(per_tick)]
+        i += per_tick
+        await pipeline.process(messages(chosen, metrics, t_ms))
+        sent += per_tick * metrics
+        await asyncio.sleep(max(0.0, 0.1 - (time.perf_counter() - started)))
+    return sent
+
+
+async def webhook_latency(
+    db: AsyncEngine, url: str, args: argparse.Namespace, load_uids: list[str]
+) -> dict[str, float]:
     arrived: dict[str, float] = {}
     every = asyncio.Event()
 
@@ -155,26 +179,40 @@ async def webhook_latency(db: AsyncEngine, args: argparse.Namespace) -> dict[str
             "channels": [{"kind": "webhook", "url": f"http://127.0.0.1:{port}/hook",
                           "secret": "bench-secret"}],
         })  # fmt: skip
-    settings = Settings(database_url="postgresql://unused", notify_allow="127.0.0.1")
-    pipeline = Pipeline(db, settings)
+    log = Path(tempfile.gettempdir()) / f"bench-worker-{tag}.log"
+    env = {**os.environ, "TELEMETRA_DATABASE_URL": url, "TELEMETRA_NOTIFY_ALLOW": "127.0.0.1",
+           "TELEMETRA_LOG_FORMAT": "json", "TELEMETRA_LOG_LEVEL": "WARNING"}  # fmt: skip
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "telemetra.cli", "worker", env=env,
+        stdout=log.open("wb"), stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    pipeline = Pipeline(db, Settings(database_url="postgresql://unused"))
     stop = asyncio.Event()
-    running = asyncio.create_task(Worker(db, settings).run(stop))
-    await asyncio.sleep(1.0)  # the worker takes its lock
-    committed: dict[str, float] = {}
-    for uid in uids:
-        body = orjson.dumps({"heat": 150.0})
-        await pipeline.process(
-            [Message(f"devices/{uid}/telemetry", body, time.time_ns() // 1000, handle=(0, 0))]
-        )
-        committed[uid] = time.perf_counter()
-        await asyncio.sleep(args.latency_gap)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(every.wait(), 30)
-    stop.set()
-    await running
-    server.close()
+    background = asyncio.create_task(load(db, load_uids, args.metrics, args.load, stop))
+    try:
+        await asyncio.sleep(3.0)  # the worker starts, takes its lock, catches up
+        committed: dict[str, float] = {}
+        started = time.perf_counter()
+        for uid in uids:
+            body = orjson.dumps({"heat": 150.0})
+            await pipeline.process(
+                [Message(f"devices/{uid}/telemetry", body, time.time_ns() // 1000, handle=(0, 0))]
+            )
+            committed[uid] = time.perf_counter()
+            await asyncio.sleep(args.latency_gap)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(every.wait(), 30)
+        stop.set()
+        loaded = await background
+        seconds = time.perf_counter() - started + 3.0
+    finally:
+        stop.set()
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(worker.wait(), 15)
+        server.close()
     lags = [(arrived[u] - committed[u]) * 1000 for u in uids if u in arrived]
     return {
+        "background_readings_per_s": loaded / seconds,
         "samples": len(lags),
         "missing": len(uids) - len(lags),
         "p50_ms": percentile(lags, 0.5),
@@ -203,7 +241,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 })  # fmt: skip
         result: dict[str, Any] = {"ingest": await ingest_rounds(db, args, tenant_id, uids)}
         result["evaluation"] = await evaluation(db, 100 // args.metrics)
-        result["threshold_to_webhook"] = await webhook_latency(db, args)
+        plain_url = f"{PG_SERVER}/{name}"
+        result["threshold_to_webhook"] = await webhook_latency(db, plain_url, args, uids)
         return result
     finally:
         await db.dispose()
@@ -221,6 +260,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds of each (0 and 100 rules)")
     parser.add_argument("--latency-samples", type=int, default=50)
     parser.add_argument("--latency-gap", type=float, default=0.2, help="seconds between them")
+    parser.add_argument(
+        "--load", type=int, default=10_000, help="background readings/s during the latency run"
+    )
     args = parser.parse_args()
     result = asyncio.run(bench(args))
     print(json.dumps(result, indent=2))

@@ -136,7 +136,8 @@ async def processes(
             )
             assert login.status_code == 200, login.text
             yield {"address": address, "token": login.json()["access_token"], "tag": tag,
-                   "client": client, "engine": engine, "logs": (ingest_log, serve_log)}  # fmt: skip
+                   "client": client, "engine": engine, "logs": (ingest_log, serve_log),
+                   "env": env}  # fmt: skip
     finally:
         stop(ingest)
         stop(serve)
@@ -220,6 +221,40 @@ async def test_serve_streams_what_another_process_ingested_and_rides_out_redis_o
     ingest_log = processes["logs"][0].read_text()
     # The outage is logged once by the publisher, not once per batch.
     assert ingest_log.count("Redis unavailable") == 1, ingest_log[-3000:]
+
+
+async def test_a_worker_process_sends_alert_and_status_frames_to_serve_through_redis(
+    processes: dict[str, Any], mosquitto: Broker, tmp_path: Path
+) -> None:
+    from telemetra.alerts import store
+
+    address, token, engine = processes["address"], processes["token"], processes["engine"]
+    uid = f"live-{processes['tag']}"
+    with platform_wide():
+        async with engine.begin() as conn:
+            await store.create_rule(conn, await default_tenant_id(conn), {
+                "name": f"hot {uid}", "kind": "threshold", "metric": "temperature",
+                "condition": {"op": ">", "value": 100}, "scope": {"devices": [uid]},
+            })  # fmt: skip
+    created = time.monotonic()
+    log = tmp_path / "worker.log"
+    worker = start_process("worker", processes["env"], log)
+    try:
+        async with ws_client(address, token, devices=uid) as (_, ws):
+            while b"worker active" not in log.read_bytes():
+                assert worker.poll() is None, log.read_text()[-3000:]
+                await asyncio.sleep(0.05)
+            # Ingest learns of new rules within 2 s (alerts.feed.REFRESH_S).
+            await asyncio.sleep(max(0.0, created + 2.2 - time.monotonic()))
+            await asyncio.to_thread(publish, mosquitto, uid, 150.0, 0)
+            alert = await ws.wait_for(lambda f: f["type"] == "alert")
+            assert (alert["event"], alert["alert"]["device"], alert["alert"]["value"]) == (
+                "fired", uid, 150.0,
+            )  # fmt: skip
+            status = await ws.wait_for(lambda f: f["type"] == "status")
+            assert (status["device"], status["online"]) == (uid, True)
+    finally:
+        stop(worker)
 
 
 async def _at_least(engine: Any, uid: str, n: int) -> bool:

@@ -631,12 +631,18 @@ def device_delete(
     uid: str,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
 ) -> None:
-    """Delete a device with all its readings; its certificates are revoked for good."""
+    """Delete a device with all its readings; its certificates are revoked for good and its
+    open alerts resolved."""
+    from telemetra.alerts.store import forget_device
     from telemetra.store.catalog import delete_device
+
+    async def remove(conn: Any, row: Any) -> None:
+        await forget_device(conn, row.tenant_id, row.uid, "telemetra device delete")
+        await delete_device(conn, row.id)
 
     if not yes:
         typer.confirm(f"delete device {uid!r} and all its data?", abort=True)
-    _change_device(uid, lambda conn, row: delete_device(conn, row.id), "deleted")
+    _change_device(uid, remove, "deleted")
 
 
 @device_app.command("cert")

@@ -287,3 +287,34 @@ async def test_alert_feed_written_in_the_commit_transaction(
     async with fleet.db.connect() as conn:
         seen = await conn.scalar(select(devices.c.last_seen).where(devices.c.uid == uid))
     assert seen is None
+
+
+async def test_disabling_a_rule_resolves_its_open_alerts_and_it_starts_afresh(
+    fleet: Fleet,
+) -> None:
+    uid = fleet.uids[0]
+    rule = await fleet.rule(threshold("warm", [uid]))
+    await fleet.send(uid, now(), temperature=0.0)
+    await fleet.evaluate()
+    [alert] = await fleet.alerts()
+    assert alert.state == "firing"
+    async with fleet.db.begin() as conn:
+        await store.update_rule(conn, rule, {**rule.definition, "enabled": False}, by="maria")
+        assert await store.series_state_of(conn, (rule.id, uid, "temperature")) is None
+    [alert] = await fleet.alerts()
+    assert (alert.state, alert.resolved_by, alert.note) == ("resolved", "maria", "rule disabled")
+
+
+async def test_deleting_a_device_resolves_its_open_alerts_and_keeps_their_history(
+    fleet: Fleet,
+) -> None:
+    uid = fleet.uids[0]
+    rule = await fleet.rule(threshold("warm", [uid]))
+    await fleet.send(uid, now(), temperature=0.0)
+    await fleet.evaluate()
+    async with fleet.db.begin() as conn:
+        [resolved] = await store.forget_device(conn, fleet.tenant_id, uid, "maria")
+        assert await store.series_state_of(conn, (rule.id, uid, "temperature")) is None
+    [alert] = await fleet.alerts()
+    assert alert.id == resolved.id
+    assert (alert.state, alert.resolved_by, alert.note) == ("resolved", "maria", "device deleted")

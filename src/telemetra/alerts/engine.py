@@ -47,7 +47,7 @@ RELOAD_S = 30.0
 # Feed rows are evaluated once they are this old: the batches that several ingest processes
 # commit within it are evaluated together, in event-time order, instead of one batch's
 # readings making the other's late.
-SETTLE_US = 500_000
+SETTLE_US = 100_000
 KEY_CHUNK = 500
 Frame = dict[str, Any]
 SeriesKey = tuple[int, str, str]  # (rule id, device, metric or '')
@@ -179,7 +179,7 @@ class Engine:
 
     # -- the feed ------------------------------------------------------------------------------
 
-    async def evaluate_feed(self, limit: int = 100) -> Outcome:
+    async def evaluate_feed(self, limit: int = 20) -> Outcome:
         """Evaluate the oldest feed rows in one transaction; what changed."""
         outcome = Outcome()
         async with self.db.begin() as conn:

@@ -225,10 +225,23 @@ async def list_rules(
 
 
 async def update_rule(
-    conn: AsyncConnection, rule: StoredRule, definition: dict[str, Any], *, at: int | None = None
+    conn: AsyncConnection,
+    rule: StoredRule,
+    definition: dict[str, Any],
+    *,
+    at: int | None = None,
+    by: str = AUTO,
 ) -> StoredRule:
-    """Replace ``rule``'s definition (a rename follows into its alerts); RuleNameTaken."""
+    """Replace ``rule``'s definition (a rename follows into its alerts); RuleNameTaken.
+    Disabling it resolves its open alerts ``by`` whoever did, and forgets its engine state:
+    enabled again, it starts afresh."""
     at = now_us() if at is None else at
+    if rule.enabled and not definition.get("enabled", True):
+        query = select(alerts).where(alerts.c.rule_id == rule.id, OPEN_ALERT)
+        for row in (await conn.execute(query.order_by(alerts.c.id))).all():
+            note = None if row.note else "rule disabled"  # an operator's note stays
+            await resolve(conn, _alert(row), by, at=at, note=note, rule=rule)
+        await forget_series_state(conn, rule.id)
     columns = _rule_columns(definition)
     await _check_name(conn, rule.tenant_id, columns["name"], rule.id)
     await conn.execute(
@@ -256,6 +269,24 @@ async def delete_rule(
     s = alert_series_state.c
     await conn.execute(alert_series_state.delete().where(s.rule_id == rule.id))
     await conn.execute(alert_rules.delete().where(alert_rules.c.id == rule.id))
+    return resolved
+
+
+async def forget_device(
+    conn: AsyncConnection, tenant_id: int, device: str, by: str, *, at: int | None = None
+) -> list[Alert]:
+    """Before a device is deleted: resolve its open alerts ``by`` whoever deletes it (note
+    ``device deleted``; the history stays) and drop its engine state. Returns those resolved."""
+    at = now_us() if at is None else at
+    a, s = alerts.c, alert_series_state.c
+    query = select(alerts).where(a.tenant_id == tenant_id, a.device == device, OPEN_ALERT)
+    resolved = []
+    for row in (await conn.execute(query.order_by(a.id))).all():
+        note = None if row.note else "device deleted"
+        resolved.append(await resolve(conn, _alert(row), by, at=at, note=note))
+    await conn.execute(
+        alert_series_state.delete().where(s.tenant_id == tenant_id, s.device == device)
+    )
     return resolved
 
 

@@ -37,8 +37,9 @@ LOCK_KEY = 0x7E1E_3E7A  # pg advisory lock id of "the active worker"
 LOCK_POLL_S = 1.0
 TICK_S = 1.0
 STATUS_S = 2.0
-IDLE_S = 0.2  # feed empty: look again after this long
+IDLE_S = 0.05  # feed empty: look again after this long (one indexed query)
 RETRY_MAX_S = 10.0
+STOP_GRACE_S = 3.0
 
 Publish = Callable[[int, list[Frame]], None]
 
@@ -260,6 +261,11 @@ class Worker:
                 finally:
                     prometheus.WORKER_ACTIVE.set(0)
                     lost.set()
+                    # Work in hand gets a moment; a delivery still waiting on a slow receiver
+                    # is cut short (its row stays leased and pending: it is sent again later).
+                    _, unfinished = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+                    for task in unfinished:
+                        task.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
 
 

@@ -385,10 +385,16 @@ async def edit_device(
 async def delete_device(
     request: Request, uid: UidParam, caller: Annotated[Caller, role("operator")]
 ) -> None:
-    """Delete a device and all its data (and its broker login)."""
+    """Delete a device and all its data (and its broker login); its open alerts are resolved
+    (by you), their history is kept."""
+    from telemetra.alerts.store import alert_json, forget_device
+
     row = await visible_device(request, caller, uid)
     async with request.app.state.engine.begin() as conn:
+        resolved = await forget_device(conn, row.tenant_id, row.uid, caller.username)
         await catalog.delete_device(conn, row.id)
+    frames = [{"type": "alert", "event": "resolved", "alert": alert_json(a)} for a in resolved]
+    request.app.state.live.publish(row.tenant_id, frames)
     await sync_broker(request)
 
 

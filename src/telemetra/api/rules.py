@@ -270,7 +270,8 @@ async def edit_rule(
     caller: Annotated[Caller, role("operator")],
 ) -> RuleOut:
     """Change any subset of a rule's fields (null clears an optional one); the whole rule is
-    checked again. Channels sent back as shown keep their secrets; open alerts stay open."""
+    checked again. Channels sent back as shown keep their secrets; open alerts stay open, except
+    that disabling the rule resolves them (by you)."""
     stored = await visible_rule(request, caller, rule_id)
     current = checked_rule(stored.definition)
     changes = body.model_dump(exclude_unset=True)
@@ -287,7 +288,7 @@ async def edit_rule(
         ) from None
     try:
         async with request.app.state.engine.begin() as conn:
-            updated = await store.update_rule(conn, stored, _definition(rule))
+            updated = await store.update_rule(conn, stored, _definition(rule), by=caller.username)
     except (RuleNameTaken, IntegrityError):
         raise ApiError(409, RuleNameTaken.message(rule.name)) from None
     return rule_out(updated)
