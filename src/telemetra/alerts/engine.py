@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telemetra.alerts import feed, store
@@ -34,7 +34,6 @@ from telemetra.alerts.evaluate import (
     SeriesState,
     observe,
     observe_quality,
-    series_metric,
     tick,
 )
 from telemetra.alerts.rules import NoDataCondition, RejectionRate, Rule, applies_to
@@ -218,20 +217,33 @@ class Engine:
         self, points: Sequence[tuple[int, Point]], samples: Sequence[tuple[int, QualitySample]]
     ) -> list[tuple[SeriesKey, Watcher, Point | QualitySample]]:
         """(series, rule, input) for every input some rule watches, in event-time order."""
-        jobs: list[tuple[SeriesKey, Watcher, Point | QualitySample]] = []
-        by_tenant: dict[int, list[Watcher]] = {}
+        by_metric: dict[tuple[int, str | None], list[Watcher]] = {}  # None: every metric
+        quality: dict[int, list[Watcher]] = {}
         for w in self.watchers.values():
-            by_tenant.setdefault(w.stored.tenant_id, []).append(w)
+            tenant_id = w.stored.tenant_id
+            if w.rule.kind == "quality":
+                quality.setdefault(tenant_id, []).append(w)
+            else:
+                by_metric.setdefault((tenant_id, w.rule.metric), []).append(w)
+        scoped: dict[tuple[int, str], bool] = {}  # (rule id, device): in the rule's scope
+
+        def watches(w: Watcher, tenant_id: int, device: str) -> bool:
+            key = (w.stored.id, device)
+            found = scoped.get(key)
+            if found is None:
+                found = scoped[key] = self._watches(w, tenant_id, device)
+            return found
+
+        jobs: list[tuple[SeriesKey, Watcher, Point | QualitySample]] = []
         for tenant_id, point in points:
-            for w in by_tenant.get(tenant_id, ()):
-                metric = series_metric(w.rule, point.metric)
-                if metric is None or w.rule.kind == "quality":
-                    continue
-                if self._watches(w, tenant_id, point.device):
-                    jobs.append(((w.stored.id, point.device, metric), w, point))
+            for metric in (point.metric, None):
+                for w in by_metric.get((tenant_id, metric), ()):
+                    if watches(w, tenant_id, point.device):
+                        key = (w.stored.id, point.device, w.rule.series_metric)
+                        jobs.append((key, w, point))
         for tenant_id, sample in samples:
-            for w in by_tenant.get(tenant_id, ()):
-                if w.rule.kind == "quality" and self._watches(w, tenant_id, sample.device):
+            for w in quality.get(tenant_id, ()):
+                if watches(w, tenant_id, sample.device):
                     jobs.append(((w.stored.id, sample.device, ""), w, sample))
         return jobs
 
@@ -335,19 +347,22 @@ def _inputs(
 
 
 async def _states_of(conn: AsyncConnection, keys: set[SeriesKey]) -> dict[SeriesKey, SeriesState]:
-    """The stored state of these series (those without one are left out)."""
+    """The stored state of these series (those without one are left out). Read by rules and
+    devices (two short lists, not one long list of triples), keeping only the keys asked for."""
     s = alert_series_state.c
     found: dict[SeriesKey, SeriesState] = {}
-    ordered = sorted(keys)
-    for i in range(0, len(ordered), KEY_CHUNK):
-        chunk = ordered[i : i + KEY_CHUNK]
+    rule_ids = sorted({k[0] for k in keys})
+    devices = sorted({k[1] for k in keys})
+    for i in range(0, len(devices), KEY_CHUNK):
         query = select(s.rule_id, s.device, s.metric, s.state).where(
-            tuple_(s.rule_id, s.device, s.metric).in_(chunk)
+            s.rule_id.in_(rule_ids), s.device.in_(devices[i : i + KEY_CHUNK])
         )
         for rule_id, device, metric, data in await conn.execute(query):
-            state = _state(dict(data))
-            if state is not None:
-                found[(int(rule_id), str(device), str(metric))] = state
+            key = (int(rule_id), str(device), str(metric))
+            if key in keys:
+                state = _state(dict(data))
+                if state is not None:
+                    found[key] = state
     return found
 
 

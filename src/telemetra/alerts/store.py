@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import Select, and_, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -662,6 +663,15 @@ async def series_state_of(conn: AsyncConnection, key: SeriesKey) -> dict[str, An
     return None if found is None else dict(found)
 
 
+_SAVE_STATES_PG = text(
+    "INSERT INTO alert_series_state (tenant_id, rule_id, device, metric, state, updated_at) "
+    "SELECT (r->>0)::bigint, (r->>1)::bigint, r->>2, r->>3, (r->4)::json, :at "
+    "FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r "
+    "ON CONFLICT (rule_id, device, metric) "
+    "DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at"
+)
+
+
 async def save_series_state(
     conn: AsyncConnection,
     states: Sequence[tuple[int, SeriesKey, dict[str, Any]]],
@@ -672,6 +682,13 @@ async def save_series_state(
     if not states:
         return
     at = now_us() if at is None else at
+    if conn.dialect.name == "postgresql":  # one statement, one parameter: ~4x faster in bulk
+        data = orjson.dumps(
+            [[t, rule_id, device, metric or "", state] for t, (rule_id, device, metric), state
+             in states]
+        ).decode()  # fmt: skip
+        await conn.execute(_SAVE_STATES_PG, {"rows": data, "at": at})
+        return
     rows = [
         {"tenant_id": tenant_id, "rule_id": rule_id, "device": device, "metric": metric or "",
          "state": state, "updated_at": at}
