@@ -1,0 +1,3 @@
+export default function Alerts() {
+  return <p>Alerts</p>;
+}

@@ -1,0 +1,3 @@
+export default function DevicePage() {
+  return <p>DevicePage</p>;
+}

@@ -1,0 +1,3 @@
+export default function RuleEditor() {
+  return <p>RuleEditor</p>;
+}
