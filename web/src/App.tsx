@@ -31,7 +31,7 @@ export function makeQueryClient(): QueryClient {
   });
 }
 
-function RequireAuth({ children }: { children: ReactNode }) {
+export function RequireAuth({ children }: { children: ReactNode }) {
   const { status } = useAuth();
   const location = useLocation();
   if (status === 'loading') return <Loading label="Checking your session…" />;

@@ -110,6 +110,34 @@ export interface paths {
     patch?: never;
     trace?: never;
   };
+  '/api/v1/auth/session': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    get?: never;
+    put?: never;
+    /**
+     * Sign in to the dashboard (session cookie)
+     * @description Check a username and password as `POST /auth/token` does (same limits and errors) and
+     *     set the HttpOnly, SameSite=Strict session cookie `telemetra_session` (Secure over HTTPS),
+     *     valid for `TELEMETRA_SESSION_HOURS`. The answer holds the CSRF token that requests other
+     *     than GET, HEAD and OPTIONS must send as `X-CSRF-Token`.
+     */
+    post: operations['sign_in_api_v1_auth_session_post'];
+    /**
+     * Sign out of the dashboard
+     * @description Revoke the session of the cookie (the request carries its `X-CSRF-Token`) and clear the
+     *     cookie. Without a cookie, or with one whose session has ended, it only clears the cookie.
+     */
+    delete: operations['sign_out_api_v1_auth_session_delete'];
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
   '/api/v1/auth/token': {
     parameters: {
       query?: never;
@@ -130,6 +158,57 @@ export interface paths {
      */
     post: operations['login_api_v1_auth_token_post'];
     delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  '/api/v1/cleaning-rules': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * List cleaning rules
+     * @description The cleaning rules that apply to the caller's tenant (platform admins: every tenant's,
+     *     or one tenant's with `tenant`): its own, those for all tenants, and the built-in defaults
+     *     (marked `builtin`).
+     */
+    get: operations['list_cleaning_rules_api_v1_cleaning_rules_get'];
+    /**
+     * Set a cleaning rule
+     * @description Create or replace the cleaning rule of one scope (metric, device type or all, tenant or
+     *     all tenants), as `telemetra rule set` does; ingest applies it within 30 s. Operators and up
+     *     set their tenant's; platform admins any tenant's (`tenant`) and those for all
+     *     (`all_tenants`). The answer is the rule as stored (a replaced rule gets a new id).
+     */
+    put: operations['put_cleaning_rule_api_v1_cleaning_rules_put'];
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  '/api/v1/cleaning-rules/{cleaning_rule_id}': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    get?: never;
+    put?: never;
+    post?: never;
+    /**
+     * Delete a cleaning rule
+     * @description Delete a stored cleaning rule (operators and up: their tenant's; platform admins: any,
+     *     and those for all tenants); what it set falls back to the wider rules and the built-in
+     *     default. Another tenant's rule answers 404, like a missing one.
+     */
+    delete: operations['delete_cleaning_rule_api_v1_cleaning_rules__cleaning_rule_id__delete'];
     options?: never;
     head?: never;
     patch?: never;
@@ -438,6 +517,29 @@ export interface paths {
      *     newer ones. The stream ends when the token or session expires: reconnect with a new one.
      */
     get: operations['live_sse_api_v1_live_get'];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  '/api/v1/overview': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * The fleet at a glance
+     * @description The caller's tenant (platform admins: every tenant, or one with `tenant`): devices by
+     *     status, readings per second over the last minute, open alerts by severity, dead letters of
+     *     the last hour by reason, the devices with the largest clock offsets, and the devices with
+     *     a location (`metadata.location.lat`/`lon`) for a map.
+     */
+    get: operations['overview_api_v1_overview_get'];
     put?: never;
     post?: never;
     delete?: never;
@@ -830,6 +932,24 @@ export interface components {
        */
       tz?: string | null;
     };
+    /** AlertCounts */
+    AlertCounts: {
+      /**
+       * Critical
+       * @example 1
+       */
+      critical: number;
+      /**
+       * Info
+       * @example 0
+       */
+      info: number;
+      /**
+       * Warning
+       * @example 2
+       */
+      warning: number;
+    };
     /**
      * AlertOut
      * @example {
@@ -1013,6 +1133,152 @@ export interface components {
       /** Uid */
       uid: string;
     };
+    /**
+     * CleaningRuleIn
+     * @description One cleaning rule, replacing the one of the same scope (metric, device type, tenant).
+     *     Fields left out or null inherit: from the rule for all device types, the rule for all
+     *     tenants, the built-in default.
+     * @example {
+     *       "device_type": "freezer",
+     *       "kind": "gauge",
+     *       "max": 10,
+     *       "metric": "temperature",
+     *       "min": -40,
+     *       "unit": "°C"
+     *     }
+     * @example {
+     *       "kind": "counter",
+     *       "metric": "energy_wh",
+     *       "tenant": "acme"
+     *     }
+     */
+    CleaningRuleIn: {
+      /**
+       * All Tenants
+       * @description a rule for every tenant (platform admins)
+       * @default false
+       */
+      all_tenants: boolean;
+      /**
+       * Device Type
+       * @description only devices of this type (null: all)
+       */
+      device_type?: string | null;
+      /**
+       * Kind
+       * @description gauge, or counter (resets detected)
+       */
+      kind?: ('gauge' | 'counter') | null;
+      /**
+       * Max
+       * @description highest valid value
+       */
+      max?: number | null;
+      /**
+       * Metric
+       * @description metric name, e.g. env.co2
+       */
+      metric: string;
+      /**
+       * Min
+       * @description lowest valid value
+       */
+      min?: number | null;
+      /**
+       * Tenant
+       * @description tenant name; default: the caller's (admins: any)
+       */
+      tenant?: string | null;
+      /**
+       * Unit
+       * @description canonical unit; others are converted
+       */
+      unit?: string | null;
+    };
+    /**
+     * CleaningRuleList
+     * @example {
+     *       "items": [
+     *         {
+     *           "device_type": "freezer",
+     *           "id": 12,
+     *           "kind": "gauge",
+     *           "max": 10,
+     *           "metric": "temperature",
+     *           "min": -40,
+     *           "source": "tenant",
+     *           "tenant": "acme",
+     *           "tenant_id": 2,
+     *           "unit": "°C"
+     *         },
+     *         {
+     *           "kind": "gauge",
+     *           "max": 200,
+     *           "metric": "temperature",
+     *           "min": -90,
+     *           "source": "builtin",
+     *           "unit": "°C"
+     *         }
+     *       ]
+     *     }
+     */
+    CleaningRuleList: {
+      /**
+       * Items
+       * @description stored rules by metric, device type and tenant, then the built-in defaults
+       */
+      items: components['schemas']['CleaningRuleOut'][];
+    };
+    /**
+     * CleaningRuleOut
+     * @example {
+     *       "device_type": "freezer",
+     *       "id": 12,
+     *       "kind": "gauge",
+     *       "max": 10,
+     *       "metric": "temperature",
+     *       "min": -40,
+     *       "source": "tenant",
+     *       "tenant": "acme",
+     *       "tenant_id": 2,
+     *       "unit": "°C"
+     *     }
+     */
+    CleaningRuleOut: {
+      /**
+       * Device Type
+       * @description null: every device type
+       */
+      device_type: string | null;
+      /**
+       * Id
+       * @description null for a built-in default
+       */
+      id: number | null;
+      /** Kind */
+      kind: string | null;
+      /** Max */
+      max: number | null;
+      /** Metric */
+      metric: string;
+      /** Min */
+      min: number | null;
+      /**
+       * Source
+       * @description tenant (a tenant's rule), all_tenants (stored for every tenant), builtin (the default of metrics named so, by the last dotted part; read-only)
+       * @enum {string}
+       */
+      source: 'tenant' | 'all_tenants' | 'builtin';
+      /**
+       * Tenant
+       * @description the tenant's name; null: all tenants
+       */
+      tenant: string | null;
+      /** Tenant Id */
+      tenant_id: number | null;
+      /** Unit */
+      unit: string | null;
+    };
     /** DeadLetterOut */
     DeadLetterOut: {
       /**
@@ -1130,6 +1396,30 @@ export interface components {
        * @example null
        */
       next_cursor: string | null;
+    };
+    /** DeviceCounts */
+    DeviceCounts: {
+      /**
+       * Offline
+       * @example 3
+       */
+      offline: number;
+      /**
+       * Online
+       * @example 38
+       */
+      online: number;
+      /**
+       * Total
+       * @example 42
+       */
+      total: number;
+      /**
+       * Unknown
+       * @description not judged yet: no message since registration, or no worker running
+       * @example 1
+       */
+      unknown: number;
     };
     /**
      * DeviceCreated
@@ -1392,6 +1682,20 @@ export interface components {
       /** Type */
       type?: string | null;
     };
+    /** DriftOut */
+    DriftOut: {
+      /**
+       * Clock Offset S
+       * @description device clock minus server clock, seconds
+       * @example 496.4
+       */
+      clock_offset_s: number;
+      /**
+       * Device
+       * @example sim-00007
+       */
+      device: string;
+    };
     /** ErrorInfo */
     ErrorInfo: {
       /**
@@ -1608,6 +1912,34 @@ export interface components {
        */
       value: number | null;
     };
+    /** LocatedOut */
+    LocatedOut: {
+      /**
+       * Device
+       * @example greenhouse-1
+       */
+      device: string;
+      /**
+       * Lat
+       * @example 52.52
+       */
+      lat: number;
+      /**
+       * Lon
+       * @example 13.405
+       */
+      lon: number;
+      /**
+       * Name
+       * @example Greenhouse north
+       */
+      name: string | null;
+      /**
+       * Online
+       * @example true
+       */
+      online: boolean | null;
+    };
     /**
      * LoginForm
      * @description OAuth2's password grant as an HTML form (``application/x-www-form-urlencoded``).
@@ -1728,6 +2060,73 @@ export interface components {
        * @example delivered
        */
       status: string;
+    };
+    /**
+     * OverviewOut
+     * @example {
+     *       "alerts_open": {
+     *         "critical": 1,
+     *         "info": 0,
+     *         "warning": 2
+     *       },
+     *       "clock_drift": [
+     *         {
+     *           "clock_offset_s": 496.4,
+     *           "device": "sim-00007"
+     *         },
+     *         {
+     *           "clock_offset_s": -108,
+     *           "device": "sim-00016"
+     *         }
+     *       ],
+     *       "devices": {
+     *         "offline": 3,
+     *         "online": 38,
+     *         "total": 42,
+     *         "unknown": 1
+     *       },
+     *       "located": [
+     *         {
+     *           "device": "greenhouse-1",
+     *           "lat": 52.52,
+     *           "lon": 13.405,
+     *           "name": "Greenhouse north",
+     *           "online": true
+     *         }
+     *       ],
+     *       "readings_per_s": 12.5,
+     *       "rejections_last_hour": {
+     *         "future_timestamp": 17,
+     *         "out_of_range": 4
+     *       }
+     *     }
+     */
+    OverviewOut: {
+      /** @description alerts firing or acknowledged, by severity */
+      alerts_open: components['schemas']['AlertCounts'];
+      /**
+       * Clock Drift
+       * @description devices whose clock is off by 1 s or more, largest first, at most 20
+       */
+      clock_drift: components['schemas']['DriftOut'][];
+      devices: components['schemas']['DeviceCounts'];
+      /**
+       * Located
+       * @description devices whose metadata has `location: {lat, lon}` (numbers, in degrees)
+       */
+      located: components['schemas']['LocatedOut'][];
+      /**
+       * Readings Per S
+       * @description readings whose time falls in the last 60 s, per second
+       */
+      readings_per_s: number;
+      /**
+       * Rejections Last Hour
+       * @description dead letters received in the last hour, by rejection reason
+       */
+      rejections_last_hour: {
+        [key: string]: number;
+      };
     };
     /**
      * PointOut
@@ -2632,6 +3031,60 @@ export interface components {
        * @description buckets with data, oldest first
        */
       points: components['schemas']['PointOut'][];
+    };
+    /**
+     * SessionOut
+     * @example {
+     *       "csrf_token": "mJ0q3Jd0y0V8pZbq0zQh6xw7cS2u1oXk9fY4gA5rTnE",
+     *       "expires_at": "2026-11-22T22:00:00Z",
+     *       "role": "operator",
+     *       "tenant": "acme",
+     *       "tenant_id": 2,
+     *       "username": "maria"
+     *     }
+     */
+    SessionOut: {
+      /**
+       * Csrf Token
+       * @description send as `X-CSRF-Token` with every request other than GET, HEAD and OPTIONS; `GET /auth/me` says it again
+       */
+      csrf_token: string;
+      /**
+       * Expires At
+       * @description when the session ends: sign in again then
+       */
+      expires_at: string;
+      /**
+       * Role
+       * @description viewer, operator, owner or admin
+       */
+      role: string;
+      /**
+       * Tenant
+       * @description the tenant's name
+       */
+      tenant: string;
+      /** Tenant Id */
+      tenant_id: number;
+      /** Username */
+      username: string;
+    };
+    /**
+     * SignIn
+     * @description A username and password, as JSON.
+     * @example {
+     *       "password": "a long passphrase",
+     *       "username": "maria"
+     *     }
+     */
+    SignIn: {
+      /**
+       * Password
+       * Format: password
+       */
+      password: string;
+      /** Username */
+      username: string;
     };
     /**
      * TenantIn
@@ -3674,6 +4127,236 @@ export interface operations {
       };
     };
   };
+  sign_in_api_v1_auth_session_post: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody: {
+      content: {
+        'application/json': components['schemas']['SignIn'];
+      };
+    };
+    responses: {
+      /** @description Successful Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['SessionOut'];
+        };
+      };
+      /** @description No credentials, or invalid, expired or revoked ones */
+      401: {
+        headers: {
+          /** @description Bearer */
+          'WWW-Authenticate'?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unauthorized",
+           *         "message": "wrong username or password"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The body is larger than TELEMETRA_MAX_REQUEST_BYTES */
+      413: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "payload_too_large",
+           *         "message": "body of 2097152 bytes exceeds the limit of 1048576 bytes"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The request does not match the schema, or a value in it cannot be read */
+      422: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "invalid_request",
+           *         "details": [
+           *           {
+           *             "field": "query.limit",
+           *             "problem": "Input should be greater than or equal to 1"
+           *           }
+           *         ],
+           *         "message": "the request does not match the schema"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Rate limited: retry after Retry-After seconds */
+      429: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "rate_limited",
+           *         "message": "too many failed logins; try again later"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Temporarily unavailable: retry after Retry-After seconds */
+      503: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unavailable",
+           *         "message": "the database is unavailable; retry shortly"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+    };
+  };
+  sign_out_api_v1_auth_session_delete: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Successful Response */
+      204: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content?: never;
+      };
+      /** @description No credentials, or invalid, expired or revoked ones */
+      401: {
+        headers: {
+          /** @description Bearer */
+          'WWW-Authenticate'?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unauthorized",
+           *         "message": "authentication required"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The caller's role does not allow this */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "forbidden",
+           *         "message": "missing or wrong X-CSRF-Token"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The body is larger than TELEMETRA_MAX_REQUEST_BYTES */
+      413: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "payload_too_large",
+           *         "message": "body of 2097152 bytes exceeds the limit of 1048576 bytes"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Rate limited: retry after Retry-After seconds */
+      429: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "rate_limited",
+           *         "message": "too many requests for this user; at most 20/s (bursts of 60)"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Temporarily unavailable: retry after Retry-After seconds */
+      503: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unavailable",
+           *         "message": "the database is unavailable; retry shortly"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+    };
+  };
   login_api_v1_auth_token_post: {
     parameters: {
       query?: never;
@@ -3768,6 +4451,450 @@ export interface operations {
            *       "error": {
            *         "code": "rate_limited",
            *         "message": "too many failed logins; try again later"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Temporarily unavailable: retry after Retry-After seconds */
+      503: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unavailable",
+           *         "message": "the database is unavailable; retry shortly"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+    };
+  };
+  list_cleaning_rules_api_v1_cleaning_rules_get: {
+    parameters: {
+      query?: {
+        /** @description tenant name (admins: any, default all; others: their own) */
+        tenant?: string | null;
+      };
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Successful Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['CleaningRuleList'];
+        };
+      };
+      /** @description No credentials, or invalid, expired or revoked ones */
+      401: {
+        headers: {
+          /** @description Bearer */
+          'WWW-Authenticate'?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unauthorized",
+           *         "message": "authentication required"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Not found (another tenant's resources answer exactly like missing ones) */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "not_found",
+           *         "message": "no tenant named 'initech'"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The body is larger than TELEMETRA_MAX_REQUEST_BYTES */
+      413: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "payload_too_large",
+           *         "message": "body of 2097152 bytes exceeds the limit of 1048576 bytes"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The request does not match the schema, or a value in it cannot be read */
+      422: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "invalid_request",
+           *         "details": [
+           *           {
+           *             "field": "query.limit",
+           *             "problem": "Input should be greater than or equal to 1"
+           *           }
+           *         ],
+           *         "message": "the request does not match the schema"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Rate limited: retry after Retry-After seconds */
+      429: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "rate_limited",
+           *         "message": "too many requests for this user; at most 20/s (bursts of 60)"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Temporarily unavailable: retry after Retry-After seconds */
+      503: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unavailable",
+           *         "message": "the database is unavailable; retry shortly"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+    };
+  };
+  put_cleaning_rule_api_v1_cleaning_rules_put: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody: {
+      content: {
+        'application/json': components['schemas']['CleaningRuleIn'];
+      };
+    };
+    responses: {
+      /** @description Successful Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['CleaningRuleOut'];
+        };
+      };
+      /** @description No credentials, or invalid, expired or revoked ones */
+      401: {
+        headers: {
+          /** @description Bearer */
+          'WWW-Authenticate'?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unauthorized",
+           *         "message": "authentication required"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The caller's role does not allow this */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "forbidden",
+           *         "message": "only platform admins set cleaning rules in another tenant"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Conflicts with what exists */
+      409: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "conflict",
+           *         "message": "changed meanwhile; try again"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The body is larger than TELEMETRA_MAX_REQUEST_BYTES */
+      413: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "payload_too_large",
+           *         "message": "body of 2097152 bytes exceeds the limit of 1048576 bytes"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The request does not match the schema, or a value in it cannot be read */
+      422: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "invalid_request",
+           *         "details": [
+           *           {
+           *             "field": "query.limit",
+           *             "problem": "Input should be greater than or equal to 1"
+           *           }
+           *         ],
+           *         "message": "the request does not match the schema"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Rate limited: retry after Retry-After seconds */
+      429: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "rate_limited",
+           *         "message": "too many requests for this user; at most 20/s (bursts of 60)"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Temporarily unavailable: retry after Retry-After seconds */
+      503: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unavailable",
+           *         "message": "the database is unavailable; retry shortly"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+    };
+  };
+  delete_cleaning_rule_api_v1_cleaning_rules__cleaning_rule_id__delete: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path: {
+        /** @description the cleaning rule's id */
+        cleaning_rule_id: number;
+      };
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Successful Response */
+      204: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content?: never;
+      };
+      /** @description No credentials, or invalid, expired or revoked ones */
+      401: {
+        headers: {
+          /** @description Bearer */
+          'WWW-Authenticate'?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unauthorized",
+           *         "message": "authentication required"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The caller's role does not allow this */
+      403: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "forbidden",
+           *         "message": "only platform admins change cleaning rules for all tenants"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Not found (another tenant's resources answer exactly like missing ones) */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "not_found",
+           *         "message": "no cleaning rule 12"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The body is larger than TELEMETRA_MAX_REQUEST_BYTES */
+      413: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "payload_too_large",
+           *         "message": "body of 2097152 bytes exceeds the limit of 1048576 bytes"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The request does not match the schema, or a value in it cannot be read */
+      422: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "invalid_request",
+           *         "details": [
+           *           {
+           *             "field": "query.limit",
+           *             "problem": "Input should be greater than or equal to 1"
+           *           }
+           *         ],
+           *         "message": "the request does not match the schema"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Rate limited: retry after Retry-After seconds */
+      429: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "rate_limited",
+           *         "message": "too many requests for this user; at most 20/s (bursts of 60)"
            *       }
            *     }
            */
@@ -6192,6 +7319,143 @@ export interface operations {
            *       "error": {
            *         "code": "unauthorized",
            *         "message": "authentication required"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The body is larger than TELEMETRA_MAX_REQUEST_BYTES */
+      413: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "payload_too_large",
+           *         "message": "body of 2097152 bytes exceeds the limit of 1048576 bytes"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The request does not match the schema, or a value in it cannot be read */
+      422: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "invalid_request",
+           *         "details": [
+           *           {
+           *             "field": "query.limit",
+           *             "problem": "Input should be greater than or equal to 1"
+           *           }
+           *         ],
+           *         "message": "the request does not match the schema"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Rate limited: retry after Retry-After seconds */
+      429: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "rate_limited",
+           *         "message": "too many requests for this user; at most 20/s (bursts of 60)"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Temporarily unavailable: retry after Retry-After seconds */
+      503: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unavailable",
+           *         "message": "the database is unavailable; retry shortly"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+    };
+  };
+  overview_api_v1_overview_get: {
+    parameters: {
+      query?: {
+        /** @description tenant name (admins: any, default all; others: their own) */
+        tenant?: string | null;
+      };
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Successful Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['OverviewOut'];
+        };
+      };
+      /** @description No credentials, or invalid, expired or revoked ones */
+      401: {
+        headers: {
+          /** @description Bearer */
+          'WWW-Authenticate'?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unauthorized",
+           *         "message": "authentication required"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Not found (another tenant's resources answer exactly like missing ones) */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "not_found",
+           *         "message": "no tenant named 'initech'"
            *       }
            *     }
            */

@@ -1,7 +1,7 @@
 import type { ReactElement } from 'react';
 import { render } from '@testing-library/react';
 import { MemoryRouter } from 'react-router';
-import { Providers, makeQueryClient } from '../App';
+import { Providers, RequireAuth, makeQueryClient } from '../App';
 import { AuthProvider } from '../auth/AuthContext';
 import { vi } from 'vitest';
 
@@ -54,13 +54,16 @@ export function mockFetch(routes: MockRoute[]) {
   return { fn, calls };
 }
 
-export function renderApp(ui: ReactElement, { path = '/' }: { path?: string } = {}) {
+export function renderApp(
+  ui: ReactElement,
+  { path = '/', authed = false }: { path?: string; authed?: boolean } = {},
+) {
   const client = makeQueryClient();
   client.setDefaultOptions({ queries: { retry: false, staleTime: Infinity } });
   return render(
     <Providers client={client}>
       <MemoryRouter initialEntries={[path]}>
-        <AuthProvider>{ui}</AuthProvider>
+        <AuthProvider>{authed ? <RequireAuth>{ui}</RequireAuth> : ui}</AuthProvider>
       </MemoryRouter>
     </Providers>,
   );
