@@ -10,9 +10,9 @@ Not a test. In one process, on a fresh PostgreSQL database (dropped at the end):
 2. **Worker evaluation**: the feed written by the enabled rounds, drained by the engine:
    readings/s and rule evaluations/s.
 3. **Threshold → webhook**: ``telemetra worker`` runs as its own process while this one commits
-   ``--load`` readings/s that the 100 rules watch; a webhook rule gets one reading over its
-   threshold per device, and the time from that commit to the webhook's arrival at a local
-   receiver is recorded: p50 / p99 / max.
+   ``--load`` readings/s of another tenant, each watched by one rule (a threshold per metric);
+   a webhook rule gets one reading over its threshold per device, and the time from that
+   commit to the webhook's arrival at a local receiver is recorded: p50 / p99 / max.
 
     .venv/bin/python bench/worker.py                    # ~1 min
     .venv/bin/python bench/worker.py --rounds 6 --latency-samples 100
@@ -241,8 +241,19 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 })  # fmt: skip
         result: dict[str, Any] = {"ingest": await ingest_rounds(db, args, tenant_id, uids)}
         result["evaluation"] = await evaluation(db, 100 // args.metrics)
+        async with db.begin() as conn:  # the latency run's load: a tenant with a rule a metric
+            await conn.execute(update(alert_rules).values(enabled=False))
+            load_tenant = await create_tenant(conn, f"load-{tag}")
+            load_uids = [f"l-{tag}-{i}" for i in range(args.devices)]
+            for uid in load_uids:
+                await create_device(conn, load_tenant, uid)
+            for i in range(args.metrics):
+                await store.create_rule(conn, load_tenant, {
+                    "name": f"m{i} high", "kind": "threshold", "metric": f"m{i}",
+                    "condition": {"op": ">", "value": 1000}, "scope": {},
+                })  # fmt: skip
         plain_url = f"{PG_SERVER}/{name}"
-        result["threshold_to_webhook"] = await webhook_latency(db, plain_url, args, uids)
+        result["threshold_to_webhook"] = await webhook_latency(db, plain_url, args, load_uids)
         return result
     finally:
         await db.dispose()

@@ -46,7 +46,8 @@ RELOAD_S = 30.0
 # Feed rows are evaluated once they are this old: the batches that several ingest processes
 # commit within it are evaluated together, in event-time order, instead of one batch's
 # readings making the other's late.
-SETTLE_US = 100_000
+SETTLE_US = 50_000
+BATCH_READINGS = 2000  # per evaluation transaction, about (whole feed rows)
 KEY_CHUNK = 500
 Frame = dict[str, Any]
 SeriesKey = tuple[int, str, str]  # (rule id, device, metric or '')
@@ -178,11 +179,12 @@ class Engine:
 
     # -- the feed ------------------------------------------------------------------------------
 
-    async def evaluate_feed(self, limit: int = 20) -> Outcome:
+    async def evaluate_feed(self, limit: int = 100) -> Outcome:
         """Evaluate the oldest feed rows in one transaction; what changed."""
         outcome = Outcome()
         async with self.db.begin() as conn:
-            rows = await feed.take(conn, limit, before=now_us() - self.settle_us)
+            before = now_us() - self.settle_us
+            rows = await feed.take(conn, limit, before=before, most=BATCH_READINGS)
             if not rows:
                 return outcome
             await self._load_rules(conn)

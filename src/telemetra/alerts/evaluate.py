@@ -137,8 +137,8 @@ class SeriesState:
             "pending_us": self.pending_us,
             "fired_us": self.fired_us,
             "clear_us": self.clear_us,
-            "fires": list(self.fires),
-            "window": [list(w) for w in self.window],
+            "fires": self.fires,  # tuples: JSON arrays alike
+            "window": self.window,
             "mean": self.mean,
             "var": self.var,
             "n": self.n,

@@ -126,7 +126,10 @@ class AlertFeed:
             at = now_us()
             await conn.execute(
                 alert_feed.insert(),
-                [{"tenant_id": t, "body": body, "created_at": at} for t, body in bodies.items()],
+                [
+                    {"tenant_id": t, "body": b, "size": len(b["p"]) + len(b["q"]), "created_at": at}
+                    for t, b in bodies.items()
+                ],
             )
         return len(bodies)
 
@@ -142,15 +145,26 @@ class FeedRow:
     created_at: int
 
 
-async def take(conn: AsyncConnection, limit: int = 100, before: int | None = None) -> list[FeedRow]:
-    """The oldest feed rows written before ``before`` (µs), at most ``limit``. A batch
-    committed later with a lower id is simply taken on a later call: rows are deleted when
-    done, not skipped by a cursor."""
+async def take(
+    conn: AsyncConnection, limit: int = 100, before: int | None = None, most: int = 2000
+) -> list[FeedRow]:
+    """The oldest feed rows written before ``before`` (µs): at most ``limit`` rows holding
+    about ``most`` readings and samples (at least one row), so that one evaluation stays short.
+    A batch committed later with a lower id is simply taken on a later call: rows are deleted
+    when done, not skipped by a cursor."""
     f = alert_feed.c
-    query = select(alert_feed).order_by(f.id).limit(limit)
+    query = select(f.id, f.size).order_by(f.id).limit(limit)
     if before is not None:
         query = query.where(f.created_at <= before)
-    rows = await conn.execute(query)
+    ids, total = [], 0
+    for row_id, size in await conn.execute(query):
+        if ids and total + int(size) > most:
+            break
+        ids.append(int(row_id))
+        total += int(size)
+    if not ids:
+        return []
+    rows = await conn.execute(select(alert_feed).where(f.id.in_(ids)).order_by(f.id))
     return [FeedRow(int(r.id), int(r.tenant_id), dict(r.body), int(r.created_at)) for r in rows]
 
 

@@ -341,5 +341,23 @@ alert_feed = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("tenant_id", Id, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
     Column("body", JSON, nullable=False),
+    Column("size", Integer, nullable=False),  # readings and samples in body
     Column("created_at", BigInteger, nullable=False),
 )
+
+# Dashboard sign-in sessions (migration 0011): the cookie's token only as a SHA-256 hash.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("tenant_id", Id, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("password_tag", String(32), nullable=False),  # ends it when the password changes
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+)
+Index("uq_sessions_token_hash", sessions.c.token_hash, unique=True)
+Index("ix_sessions_user", sessions.c.user_id, sessions.c.expires_at)

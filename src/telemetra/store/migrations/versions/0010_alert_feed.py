@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
         sa.Column("body", sa.JSON, nullable=False),
+        sa.Column("size", sa.Integer, nullable=False),  # readings and samples in body
         sa.Column("created_at", sa.BigInteger, nullable=False),
     )
     with op.batch_alter_table("devices") as batch:
