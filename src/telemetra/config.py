@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     live_client_queue: int = Field(
         1000, ge=10, description="frames a slow live client may fall behind before it gets a gap"
     )
+    session_hours: float = Field(
+        12.0, gt=0, le=24 * 366, description="lifetime of dashboard sign-in sessions (cookie)"
+    )
+    web_dir: Path | None = Field(
+        None,
+        description="the built dashboard to serve at / (index.html, assets/); default: the "
+        "one inside the installed package",
+    )
     notify_timeout: float = Field(
         10.0,
         gt=0,

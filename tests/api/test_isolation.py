@@ -120,7 +120,7 @@ async def make_scene(world: World, engine: AsyncEngine) -> Scene:
     made = await c.post(
         f"{API}/devices",
         json={"uid": uid, "name": f"{tenant_a}-Greenhouse", "type": "climate",
-              "metadata": {"site": "north"}},
+              "metadata": {"site": "north", "location": {"lat": 52.5, "lon": 13.4}}},
         headers=world.auth("a-operator"),
     )  # fmt: skip
     assert made.status_code == 201, made.text
@@ -161,6 +161,7 @@ async def make_scene(world: World, engine: AsyncEngine) -> Scene:
                  "tenant_id": str(int(me.json()["tenant_id"]) + 1_000_000)},
     )  # fmt: skip
     await add_rule_and_alert(scene)
+    await add_cleaning_rule(scene)
     scene.before = await snapshot(scene)
     assert len(scene.before["alerts"]["items"]) == 1
     assert len(scene.before["history"]["items"]) == 10
@@ -199,6 +200,19 @@ async def add_rule_and_alert(scene: Scene) -> None:
     scene.missing |= {"rule_id": str(rule_id + 1_000_000), "alert_id": str(alert.id + 1_000_000)}
 
 
+async def add_cleaning_rule(scene: Scene) -> None:
+    """Tenant a's cleaning rule for its device type (made by its operator)."""
+    made = await scene.world.client.put(
+        f"{API}/cleaning-rules",
+        json={"metric": "temperature", "device_type": "climate", "min": -30, "max": 60},
+        headers=scene.world.auth("a-operator"),
+    )
+    assert made.status_code == 200, made.text
+    rule_id = made.json()["id"]
+    scene.target |= {"cleaning_rule_id": str(rule_id)}
+    scene.missing |= {"cleaning_rule_id": str(rule_id + 1_000_000)}
+
+
 async def snapshot(scene: Scene) -> dict[str, Any]:
     """Tenant a as its owner sees it over HTTP, with the secrets the API never shows."""
     c, h, uid = scene.world.client, scene.world.auth("a-owner"), scene.uid
@@ -215,6 +229,7 @@ async def snapshot(scene: Scene) -> dict[str, Any]:
         ("rule", f"rules/{scene.target['rule_id']}", None),
         ("alerts", "alerts", {"from": "-7d"}),
         ("alert", f"alerts/{scene.target['alert_id']}", None),
+        ("cleaning_rules", "cleaning-rules", None),
     ):
         reply = await c.get(f"{API}/{path}", params=params, headers=h)
         assert reply.status_code == 200, (name, reply.text)
@@ -357,6 +372,16 @@ CALLS = (
     Call("POST", "/rules/preview", "operator", 403,
          body={"rule": {"kind": "no_data", "condition": {"for": "5m"}}, "tenant": "{tenant}"},
          note="tenant a", writes=True),
+    # The overview: counts of the caller's tenant only; tenant a's located device is not there.
+    Call("GET", "/overview", "viewer", 200),
+    Call("GET", "/overview", "viewer", 404, {"tenant": "{tenant}"}, note="?tenant=a"),
+    # Cleaning rules: tenant a's neither listed, replaced, nor deleted.
+    Call("GET", "/cleaning-rules", "viewer", 200),
+    Call("GET", "/cleaning-rules", "viewer", 404, {"tenant": "{tenant}"}, note="?tenant=a"),
+    Call("PUT", "/cleaning-rules", "operator", 403,
+         body={"metric": "temperature", "device_type": "climate", "max": 1000,
+               "tenant": "{tenant}"}, note="into tenant a", writes=True),
+    Call("DELETE", "/cleaning-rules/{cleaning_rule_id}", "operator", 404, writes=True),
     # Names are global (MQTT topics, logins): taken is taken, but nothing else is told.
     Call("POST", "/devices", "operator", 409, body={"uid": "{uid}"}, note="uid of a",
          writes=True, like_missing=False),
@@ -370,6 +395,9 @@ EXEMPT = {
     ("POST", f"{API}/auth/token"),
     # The caller's own account, from their token alone.
     ("GET", f"{API}/auth/me"),
+    # Signing in and out of the dashboard: the caller's own session (test_session).
+    ("POST", f"{API}/auth/session"),
+    ("DELETE", f"{API}/auth/session"),
     # Device-token ingest: the token names the device; see test_device_tokens_write_only_*.
     ("POST", f"{API}/ingest"),
     ("POST", f"{API}/ingest/batch"),

@@ -20,13 +20,16 @@ from telemetra.api import (
     accounts,
     alerts,
     auth,
+    cleaning,
     deadletters,
     devices,
     errors,
     health,
     ingest,
     live,
+    overview,
     rules,
+    session,
     telemetry,
 )
 from telemetra.api.app import create_app
@@ -39,6 +42,7 @@ MODULES: tuple[ModuleType, ...] = (
     *(accounts, auth, deadletters, devices),
     *(errors, health, ingest, live, telemetry),
     *(rules, alerts),
+    *(session, overview, cleaning),
 )
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 REF = "#/components/schemas/"
@@ -50,7 +54,8 @@ DEVICE_AUTH = {
     ("post", "/api/v1/ingest/batch"),
     ("post", "/api/v1/{device_token}/telemetry"),
 }
-LOGIN = ("post", "/api/v1/auth/token")
+# Signing in: a username and password, no credential yet.
+LOGINS = {("post", "/api/v1/auth/token"), ("post", "/api/v1/auth/session")}
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +230,7 @@ def test_authenticated_operations_document_401_in_the_error_shape(
 ) -> None:
     authenticated = 0
     for method, path, operation in operations(document):
-        if not path.startswith("/api/v1/") or (method, path) == LOGIN:
+        if not path.startswith("/api/v1/") or (method, path) in LOGINS:
             continue
         assert operation.get("security") or (method, path) in DEVICE_AUTH, (method, path)
         authenticated += 1
@@ -245,7 +250,8 @@ def test_the_errors_an_operation_can_answer_are_documented(document: dict[str, A
         expected = {"401", "413", "503"}
         if operation.get("security") or (method, path) in DEVICE_AUTH:
             expected.add("429")
-        if any(f"{{{name}}}" in path for name in ("uid", "user_id", "rule_id", "alert_id")):
+        ids = ("uid", "user_id", "rule_id", "alert_id", "cleaning_rule_id")
+        if any(f"{{{name}}}" in path for name in ids):
             expected.add("404")
         if operation.get("parameters") or operation.get("requestBody"):
             expected.add("422")

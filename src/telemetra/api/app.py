@@ -18,14 +18,18 @@ from telemetra.api import (
     accounts,
     alerts,
     auth,
+    cleaning,
     deadletters,
     devices,
     errors,
     health,
     ingest,
     live,
+    overview,
     rules,
+    session,
     telemetry,
+    web,
 )
 from telemetra.api.limits import BodyLimit, RateLimiter
 from telemetra.broker.mosquitto import read_state
@@ -147,7 +151,9 @@ def create_app(
         title="Telemetra",
         version=__version__,
         description="IoT telemetry: devices, ingest, time series. Users log in at "
-        "`/api/v1/auth/token` and send `Authorization: Bearer <token>`; devices send their token "
+        "`/api/v1/auth/token` and send `Authorization: Bearer <token>` (the dashboard signs in at "
+        "`/api/v1/auth/session`: a session cookie, with `X-CSRF-Token` on changes); devices send "
+        "their token "
         "in `X-API-Key`. Errors always have the shape "
         '`{"error": {"code", "message", "details"}}` (`ErrorOut`).',
         lifespan=lifespan,
@@ -176,14 +182,18 @@ def create_app(
         responses=errors.responses(401, 413, 503, messages={503: errors.DATABASE_DOWN}),
     )
     api.include_router(auth.router)
+    api.include_router(session.router)
     api.include_router(accounts.router)
     api.include_router(devices.router)
     api.include_router(telemetry.router)
     api.include_router(deadletters.router)
     api.include_router(rules.router)
     api.include_router(alerts.router)
+    api.include_router(overview.router)
+    api.include_router(cleaning.router)
     api.include_router(live.router)
     api.include_router(ingest.router)  # last: its /{device_token}/telemetry matches broadly
     app.include_router(health.router)
     app.include_router(api)
+    app.include_router(web.router)  # last: its fallback answers every other dashboard path
     return app

@@ -1,4 +1,5 @@
-"""Users and tokens: argon2 password hashes, short-lived JWTs, roles on every endpoint."""
+"""Users and tokens: argon2 password hashes, short-lived JWTs or a dashboard session cookie,
+roles on every endpoint."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from fastapi import APIRouter, Depends, Form, Request
-from fastapi.security import OAuth2PasswordBearer
+from fastapi.security import APIKeyCookie, OAuth2PasswordBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -33,6 +34,17 @@ _DUMMY_HASH = _hasher.hash("not a real password")
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 bearer = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+SESSION_COOKIE = "telemetra_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+WRONG_CSRF = f"missing or wrong {CSRF_HEADER}"
+session_cookie = APIKeyCookie(
+    name=SESSION_COOKIE,
+    scheme_name="SessionCookie",
+    description="the dashboard's sign-in session (`POST /api/v1/auth/session`); requests other "
+    f"than GET, HEAD and OPTIONS must also send the session's `{CSRF_HEADER}`",
+    auto_error=False,
+)
 
 
 def hash_password(password: str) -> str:
@@ -107,11 +119,31 @@ def read_token(secret: str, token: str) -> tuple[Caller, str]:
         ) from None
 
 
-async def current_caller(request: Request, token: Annotated[str | None, Depends(bearer)]) -> Caller:
-    """The caller of this request, from its bearer token."""
-    if token is None:
+async def current_caller(
+    request: Request,
+    token: Annotated[str | None, Depends(bearer)],
+    cookie: Annotated[str | None, Depends(session_cookie)],
+) -> Caller:
+    """The caller of this request, from its bearer token, else from its session cookie (then
+    a request that may change something must carry the session's CSRF token too)."""
+    if token is not None:
+        return await authenticate(request.app, token)
+    if not cookie:
         raise ApiError(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
-    return await authenticate(request.app, token)
+    from telemetra.api.session import authenticate_cookie  # session.py imports this module
+
+    caller, session = await authenticate_cookie(request.app, cookie)
+    if request.method not in SAFE_METHODS:
+        check_csrf(request, session.csrf_token)
+    request.state.session = session
+    return caller
+
+
+def check_csrf(request: Request, expected: str) -> None:
+    """403 unless the request's X-CSRF-Token is the session's."""
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise ApiError(403, WRONG_CSRF)
 
 
 async def authenticate(app: Any, token: str) -> Caller:
@@ -202,14 +234,23 @@ class AccessTokenOut(BaseModel):
 class MeOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"id": 7, "username": "maria", "tenant_id": 2, "role": "operator"}]
+            "examples": [
+                {"id": 7, "username": "maria", "tenant_id": 2, "role": "operator"},
+                {"id": 7, "username": "maria", "tenant_id": 2, "role": "operator",
+                 "csrf_token": "mJ0q3Jd0y0V8pZbq0zQh6xw7cS2u1oXk9fY4gA5rTnE"},
+            ]
         }
-    )
+    )  # fmt: skip
 
     id: int
     username: str
     tenant_id: int
     role: str = Field(description="viewer, operator, owner or admin")
+    csrf_token: str | None = Field(
+        None,
+        description=f"only when signed in by the session cookie: send it as `{CSRF_HEADER}` "
+        "with every request other than GET, HEAD and OPTIONS",
+    )
 
 
 @router.post(
@@ -228,9 +269,19 @@ async def login(request: Request, form: Annotated[LoginForm, Form()]) -> AccessT
     client address (``TELEMETRA_LOGIN_FAILURES_PER_ADDRESS_PER_MIN``, after a burst of 100;
     behind a reverse proxy the address comes from X-Forwarded-For when the proxy is in
     ``TELEMETRA_TRUSTED_PROXIES``): 429 with Retry-After."""
+    row = await check_login(request, form.username, form.password)
+    caller = Caller(row.id, row.username, row.tenant_id, row.role)
+    ttl = request.app.state.settings.token_ttl_s
+    token = issue_token(request.app.state.secret_key, caller, ttl, row.password_hash)
+    return AccessTokenOut(access_token=token, expires_in=ttl)
+
+
+async def check_login(request: Request, username: str, password: str) -> Any:
+    """The user row for a username and password (token and session logins alike); 401 for a
+    wrong pair or a disabled user, 429 while failures are limited."""
     state = request.app.state
     address = request.client.host if request.client else ""
-    limits = ((state.login_failures, form.username), (state.address_login_failures, address))
+    limits = ((state.login_failures, username), (state.address_login_failures, address))
     wait = max(limiter.waiting(key) for limiter, key in limits)
     if wait > 0:  # before any argon2 work: guessing costs the guesser, not the server
         raise ApiError(
@@ -241,24 +292,30 @@ async def login(request: Request, form: Annotated[LoginForm, Form()]) -> AccessT
     with platform_wide():  # the user is found by name alone, before any tenant is known
         async with request.app.state.engine.connect() as conn:
             row = (
-                await conn.execute(select(users).where(users.c.username == form.username))
+                await conn.execute(select(users).where(users.c.username == username))
             ).one_or_none()
     stored = row.password_hash if row is not None and not row.disabled else _DUMMY_HASH
     # argon2 takes ~100 ms of CPU on purpose: off the event loop.
-    matches = await asyncio.to_thread(password_matches, form.password, stored)
+    matches = await asyncio.to_thread(password_matches, password, stored)
     if not matches or row is None or row.disabled:
         for limiter, key in limits:
             limiter.retry_after(key)  # count the failure
         raise ApiError(401, "wrong username or password", headers={"WWW-Authenticate": "Bearer"})
-    caller = Caller(row.id, row.username, row.tenant_id, row.role)
-    ttl = request.app.state.settings.token_ttl_s
-    token = issue_token(request.app.state.secret_key, caller, ttl, row.password_hash)
-    return AccessTokenOut(access_token=token, expires_in=ttl)
+    return row
 
 
-@router.get("/me", response_model=MeOut, summary="Who am I", responses=errors.responses(429))
-async def me(caller: Annotated[Caller, Depends(current_caller)]) -> MeOut:
-    """Who the token belongs to: the account as it is now."""
+@router.get(
+    "/me",
+    response_model=MeOut,
+    response_model_exclude_none=True,
+    summary="Who am I",
+    responses=errors.responses(429),
+)
+async def me(request: Request, caller: Annotated[Caller, Depends(current_caller)]) -> MeOut:
+    """Who the token or session belongs to: the account as it is now; with the session
+    cookie also the session's CSRF token (a reloaded dashboard page reads it here)."""
+    session = getattr(request.state, "session", None)
     return MeOut(
-        id=caller.user_id, username=caller.username, tenant_id=caller.tenant_id, role=caller.role
-    )
+        id=caller.user_id, username=caller.username, tenant_id=caller.tenant_id,
+        role=caller.role, csrf_token=None if session is None else session.csrf_token,
+    )  # fmt: skip

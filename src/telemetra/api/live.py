@@ -1,8 +1,9 @@
 """The live stream: committed readings (and status and alert events) as they happen, over a
 WebSocket or Server-Sent Events, filtered, scoped to the caller's tenant (admins: all).
 
-A stream ends when its token expires, and within a minute of the account being disabled,
-deleted or its password changed (the account is checked again while the stream runs).
+A stream ends when its token (or sign-in session) expires, and within a minute of the account
+being disabled, deleted or its password changed, or the session revoked (the account is checked
+again while the stream runs). Browsers of the dashboard authenticate with the session cookie.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import jwt
 import orjson
@@ -20,7 +22,7 @@ from fastapi.responses import StreamingResponse
 from starlette.websockets import WebSocketState
 
 from telemetra.api import errors
-from telemetra.api.auth import Caller, authenticate, bearer
+from telemetra.api.auth import SESSION_COOKIE, Caller, authenticate, bearer, session_cookie
 from telemetra.api.errors import ApiError
 from telemetra.live import Bus, Filter, Subscription, parse_filter
 
@@ -30,7 +32,7 @@ HEARTBEAT_S = 15.0  # SSE comment this often: proxies keep an idle stream open
 RECHECK_S = 60.0  # the account is checked again this often
 AUTH_WAIT_S = 10.0  # a WebSocket without a token in its request sends one within this time
 # WebSocket close codes: 4000 + the HTTP status that would say the same.
-CLOSE_BAD_REQUEST, CLOSE_UNAUTHORIZED, CLOSE_RATE_LIMITED = 4400, 4401, 4429
+CLOSE_BAD_REQUEST, CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_RATE_LIMITED = 4400, 4401, 4403, 4429
 
 _SSE_EXAMPLE = (
     ": connected\n\n"
@@ -80,16 +82,33 @@ def _expires_at(token: str) -> float:
 class Session:
     """An authenticated stream: who, until when, checked again now and then."""
 
-    def __init__(self, app: Any, token: str, caller: Caller) -> None:
-        self.app = app
-        self.token = token
+    def __init__(
+        self,
+        caller: Caller,
+        expires_at: float,
+        check: Callable[[], Awaitable[object]],
+        expired: str = "token expired; reconnect with a new token",
+    ) -> None:
         self.caller = caller
-        self.expires_at = _expires_at(token)
+        self.expires_at = expires_at
+        self.check = check  # authenticates again; raises ApiError when it no longer holds
+        self.expired = expired
         self.checked_at = time.monotonic()
 
     @classmethod
     async def open(cls, app: Any, token: str) -> Session:
-        return cls(app, token, await authenticate(app, token))
+        """From a user token."""
+        caller = await authenticate(app, token)
+        return cls(caller, _expires_at(token), lambda: authenticate(app, token))
+
+    @classmethod
+    async def from_cookie(cls, app: Any, cookie: str) -> Session:
+        """From the dashboard's session cookie."""
+        from telemetra.api.session import SESSION_EXPIRED, authenticate_cookie
+
+        caller, row = await authenticate_cookie(app, cookie)
+        check = lambda: authenticate_cookie(app, cookie)  # noqa: E731
+        return cls(caller, row.expires_at / 1e6, check, SESSION_EXPIRED)
 
     @property
     def tenant(self) -> int | None:
@@ -99,17 +118,22 @@ class Session:
     async def still_valid(self) -> str | None:
         """None while the stream may go on; else why it ends."""
         if time.time() >= self.expires_at:
-            return "token expired; reconnect with a new token"
+            return self.expired
         if time.monotonic() - self.checked_at >= RECHECK_S:
             self.checked_at = time.monotonic()
             try:
-                await authenticate(self.app, self.token)
+                await self.check()
             except ApiError as error:
                 if error.status == 401:
                     return error.message
             except Exception:  # noqa: S110 - the database away: keep streaming, check later
                 pass
         return None
+
+
+async def _open(app: Any, credential: Credential) -> Session:
+    is_cookie, value = credential
+    return await (Session.from_cookie if is_cookie else Session.open)(app, value)
 
 
 def _bus(app: Any) -> Bus:
@@ -120,16 +144,24 @@ def _bus(app: Any) -> Bus:
 # --- Server-Sent Events -------------------------------------------------------------------
 
 
-async def _sse_token(
-    header: Annotated[str | None, Depends(bearer)], query: TokenParam = None
-) -> str:
+Credential = tuple[bool, str]  # (is the session cookie, its value)
+
+
+async def _sse_credential(
+    header: Annotated[str | None, Depends(bearer)],
+    cookie: Annotated[str | None, Depends(session_cookie)],
+    query: TokenParam = None,
+) -> Credential:
+    """The Authorization header, ``?token=``, else the dashboard's session cookie."""
     token = header or query
-    if not token:
-        raise ApiError(
-            401, "authentication required: Authorization: Bearer <token>, or ?token= for "
-            "EventSource", headers={"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
-    return token
+    if token:
+        return False, token
+    if cookie:
+        return True, cookie
+    raise ApiError(
+        401, "authentication required: Authorization: Bearer <token>, ?token= for "
+        "EventSource, or the dashboard's session cookie", headers={"WWW-Authenticate": "Bearer"},
+    )  # fmt: skip
 
 
 def _sse(frames: list[tuple[str, str]]) -> str:
@@ -152,7 +184,7 @@ def _sse(frames: list[tuple[str, str]]) -> str:
 )  # fmt: skip
 async def live_sse(
     request: Request,
-    token: Annotated[str, Depends(_sse_token)],
+    credential: Annotated[Credential, Depends(_sse_credential)],
     devices: DevicesParam = None,
     metrics: MetricsParam = None,
     types: TypesParam = None,
@@ -160,9 +192,9 @@ async def live_sse(
     """Committed readings of the caller's tenant (a platform admin: every tenant) as they are
     stored, one `readings` frame per device and commit; later `status` and `alert` events.
     A client too slow to keep up gets a `gap` frame saying how many frames it missed, then
-    newer ones. The stream ends when the token expires: reconnect with a new one."""
+    newer ones. The stream ends when the token or session expires: reconnect with a new one."""
     flt = _filter(devices, metrics, types)
-    session = await Session.open(request.app, token)
+    session = await _open(request.app, credential)
     bus = _bus(request.app)
 
     async def stream() -> AsyncIterator[str]:
@@ -183,13 +215,20 @@ async def live_sse(
 
 
 async def _ws_session(websocket: WebSocket, query_token: str | None) -> Session | None:
-    """Authenticate from the Authorization header, ``?token=``, or (after accepting) a first
-    message ``{"token": "..."}``; closes the socket and returns None when that fails."""
+    """Authenticate from the Authorization header, ``?token=``, the dashboard's session cookie
+    (sent by a page of this site only), or (after accepting) a first message
+    ``{"token": "..."}``; closes the socket and returns None when that fails."""
     header = websocket.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else query_token
+    cookie = websocket.cookies.get(SESSION_COOKIE)
     try:
         if token:
             return await Session.open(websocket.app, token)
+        if cookie:
+            if not _same_origin(websocket):
+                await _close(websocket, CLOSE_FORBIDDEN, CROSS_ORIGIN)
+                return None
+            return await Session.from_cookie(websocket.app, cookie)
         await websocket.accept()
         async with asyncio.timeout(AUTH_WAIT_S):
             first = await websocket.receive_text()
@@ -209,6 +248,21 @@ async def _ws_session(websocket: WebSocket, query_token: str | None) -> Session 
     except WebSocketDisconnect:
         pass
     return None
+
+
+CROSS_ORIGIN = "the session cookie is accepted from pages of this site only"
+
+
+def _same_origin(websocket: WebSocket) -> bool:
+    """Whether a browser's Origin (if any) is this site: a page elsewhere must not open a
+    stream with the user's cookie (cross-site WebSocket hijacking). Behind a proxy the site's
+    host may be in X-Forwarded-Host (a browser cannot set that header on a WebSocket)."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True  # not a browser: it holds the cookie itself
+    hosts = {websocket.headers.get("host", "")}
+    hosts |= {h.strip() for h in websocket.headers.get("x-forwarded-host", "").split(",")}
+    return urlsplit(origin).netloc in hosts - {""}
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
