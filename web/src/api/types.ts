@@ -39,29 +39,7 @@ export type UserPage = Schemas['UserPage'];
 export type Tenant = Schemas['TenantOut'];
 export type TenantPage = Schemas['TenantPage'];
 
-export interface Overview {
-  devices: { total: number; online: number; offline: number; unknown: number };
-  readings_per_s: number;
-  alerts_open: { info: number; warning: number; critical: number };
-  rejections_last_hour: Record<string, number>;
-  clock_drift: { device: string; clock_offset_s: number }[];
-  located: {
-    device: string;
-    name?: string | null;
-    lat: number;
-    lon: number;
-    online: boolean | null;
-  }[];
-}
-
-export interface CleaningRule {
-  id?: number;
-  metric: string;
-  device_type?: string | null;
-  tenant?: string | null;
-  min?: number | null;
-  max?: number | null;
-  unit?: string | null;
-  kind?: string | null;
-  [key: string]: unknown;
-}
+export type Overview = Schemas['OverviewOut'];
+export type CleaningRule = Schemas['CleaningRuleOut'];
+export type CleaningRuleIn = Schemas['CleaningRuleIn'];
+export type CleaningRuleList = Schemas['CleaningRuleList'];

@@ -42,7 +42,9 @@ export function useLive(
   const enabled = options.enabled ?? true;
   const url = liveUrl(options);
   const handler = useRef(onFrame);
-  handler.current = onFrame;
+  useEffect(() => {
+    handler.current = onFrame;
+  });
   const [state, setState] = useState<LiveState>(enabled ? 'connecting' : 'paused');
 
   useEffect(() => {

@@ -83,7 +83,9 @@ function LiveBadge({ state }: { state: LiveState }) {
 
 export function Charts({ uid }: { uid: string }) {
   const [range, setRange] = useState<Range>({ kind: 'preset', preset: PRESETS[3]! });
-  const [customFrom, setCustomFrom] = useState(() => toLocalInput(new Date(Date.now() - 86400_000)));
+  const [customFrom, setCustomFrom] = useState(() =>
+    toLocalInput(new Date(Date.now() - 86400_000)),
+  );
   const [customTo, setCustomTo] = useState(() => toLocalInput(new Date()));
   const [paused, setPaused] = useState(false);
   const [live, setLive] = useState<LivePoints>({});
