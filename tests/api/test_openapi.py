@@ -352,3 +352,22 @@ async def test_the_docs_load_nothing_from_another_host(tmp_path: Any, page: str)
             assert asset.startswith("/"), asset
             reply = await client.get(asset)
             assert reply.status_code == 200 and reply.content, asset
+
+
+def test_the_session_cookie_is_documented_beside_the_bearer_token(
+    document: dict[str, Any],
+) -> None:
+    """The dashboard's cookie is a security scheme of its own, accepted wherever a user's
+    bearer token is; signing in at /auth/session needs neither."""
+    scheme = document["components"]["securitySchemes"]["SessionCookie"]
+    assert (scheme["type"], scheme["in"], scheme["name"]) == (
+        "apiKey",
+        "cookie",
+        "telemetra_session",
+    )
+    assert "X-CSRF-Token" in scheme["description"]
+    for method, path, operation in operations(document):
+        security = operation.get("security")
+        if security and {"OAuth2PasswordBearer": []} in security:
+            assert {"SessionCookie": []} in security, f"{method} {path}"
+    assert "security" not in document["paths"]["/api/v1/auth/session"]["post"]
