@@ -183,8 +183,8 @@ class Engine:
         """Evaluate the oldest feed rows in one transaction; what changed."""
         outcome = Outcome()
         async with self.db.begin() as conn:
-            before = now_us() - self.settle_us
-            rows = await feed.take(conn, limit, before=before, most=BATCH_READINGS)
+            cutoff = now_us() - self.settle_us
+            rows = await feed.take(conn, limit, before=cutoff, most=BATCH_READINGS)
             if not rows:
                 return outcome
             await self._load_rules(conn)

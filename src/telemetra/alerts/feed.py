@@ -156,7 +156,8 @@ async def take(
     query = select(f.id, f.size).order_by(f.id).limit(limit)
     if before is not None:
         query = query.where(f.created_at <= before)
-    ids, total = [], 0
+    ids: list[int] = []
+    total = 0
     for row_id, size in await conn.execute(query):
         if ids and total + int(size) > most:
             break
