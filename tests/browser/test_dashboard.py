@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from browser_fixtures import (
@@ -111,3 +112,60 @@ async def test_screenshots_of_the_main_screens_light_and_dark(
                 await page.goto(path)
                 await page.wait_for_timeout(1500)  # charts drawn (live streams never idle)
                 await page.screenshot(path=str(shots / f"{name}-{mode}.png"))
+
+
+async def test_the_device_chart_receives_live_points_and_reads_30_days(
+    page: Any, dashboard: Dashboard
+) -> None:
+    await sign_in(page, "olivia")
+    await page.goto("/devices/freezer-1")
+    chart = page.get_by_role("img", name="Chart of temperature")
+    await chart.wait_for()
+    await page.get_by_text("● live").wait_for()
+    before = int(await chart.get_attribute("data-points") or 0)
+    await send(dashboard, "freezer-1", temperature=-16.25)
+    await page.wait_for_function(
+        "([n]) => Number(document.querySelector('[aria-label=\"Chart of temperature\"]')"
+        ".dataset.points) > n",
+        arg=[before],
+    )
+    assert await chart.get_attribute("data-last") == "-16.25"
+    await page.get_by_label("Range").select_option(label="Last 30 days")
+    await page.wait_for_function(
+        "() => Number(document.querySelector('[aria-label=\"Chart of temperature\"]')"
+        ".dataset.points) > 100"
+    )  # 30 days of history, in buckets
+
+
+async def test_a_new_rule_is_previewed_over_the_last_day_and_created(page: Any) -> None:
+    await sign_in(page, "olivia")
+    await page.goto("/rules/new")
+    await page.get_by_label("Name").fill("humid freezer")
+    await page.get_by_label("Metric").fill("humidity")
+    await page.get_by_label("Value").fill("45")
+    await page.get_by_text("Preview over the last 24 hours").wait_for()
+    await page.get_by_text("fired").first.wait_for()  # 24 h of history cross 45 every day
+    await page.get_by_role("button", name="Create rule").click()
+    await page.goto("/rules")
+    await page.get_by_text("humid freezer").first.wait_for()
+
+
+async def test_rotating_a_token_shows_the_new_one_once_and_the_old_one_stops(
+    page: Any, dashboard: Dashboard
+) -> None:
+    await sign_in(page, "olivia")
+    await page.goto("/devices/evil-1")
+    await page.get_by_role("tab", name="Settings").click()
+    await page.get_by_role("button", name="Rotate token…").click()
+    await page.get_by_role("button", name="Rotate now").click()
+    token = (await page.get_by_test_id("new-token").inner_text()).strip()
+    assert len(token) >= 32 and token != dashboard.tokens["evil-1"]
+    old = dashboard.tokens["evil-1"]
+    async with httpx.AsyncClient() as client:
+        refused = await client.post(
+            f"{dashboard.api}/ingest", json={"temperature": -20}, headers={"X-API-Key": old}
+        )
+        accepted = await client.post(
+            f"{dashboard.api}/ingest", json={"temperature": -20}, headers={"X-API-Key": token}
+        )
+    assert refused.status_code == 401 and accepted.status_code < 300, (refused.text, accepted.text)

@@ -74,6 +74,8 @@ export function TimeChart({
       ref={container}
       role="img"
       aria-label={`Chart of ${title}`}
+      data-points={data[0].length}
+      data-last={data[1][data[1].length - 1] ?? ''}
       w="full"
       minH={`${height}px`}
     />
