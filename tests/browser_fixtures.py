@@ -161,12 +161,14 @@ async def chromium() -> AsyncIterator[Any]:
 
 
 @contextlib.asynccontextmanager
-async def fresh_page(browser: Any, dashboard: Dashboard, dark: bool = False) -> AsyncIterator[Any]:
+async def fresh_page(
+    browser: Any, dashboard: Dashboard, dark: bool = False, bypass_csp: bool = False
+) -> AsyncIterator[Any]:
     """A fresh browser context (no cookies) per test; fails the test on any dialog (an
     injected script would open one) or uncaught page error."""
     context = await browser.new_context(
         base_url=dashboard.url, viewport={"width": 1280, "height": 800},
-        color_scheme="dark" if dark else "light",
+        color_scheme="dark" if dark else "light", bypass_csp=bypass_csp,
     )  # fmt: skip
     page = await context.new_page()
     problems: list[str] = []

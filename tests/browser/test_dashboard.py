@@ -169,3 +169,30 @@ async def test_rotating_a_token_shows_the_new_one_once_and_the_old_one_stops(
             f"{dashboard.api}/ingest", json={"temperature": -20}, headers={"X-API-Key": token}
         )
     assert refused.status_code == 401 and accepted.status_code < 300, (refused.text, accepted.text)
+
+
+AXE = Path(__file__).parents[2] / "web" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+async def test_axe_finds_no_serious_accessibility_violations(
+    browser: Any, dashboard: Dashboard
+) -> None:
+    """axe-core (web's devDependencies) on every main screen, both themes; injecting it needs
+    the page's CSP bypassed (the dashboard itself runs no inline script)."""
+    found: list[str] = []
+    for dark in (False, True):
+        async with fresh_page(browser, dashboard, dark=dark, bypass_csp=True) as page:
+            await sign_in(page, "olivia")
+            for path in ("/", "/devices", "/devices/freezer-1", "/alerts", "/rules", "/rules/new",
+                         "/admin"):  # fmt: skip
+                await page.goto(path)
+                await page.wait_for_timeout(1000)
+                await page.add_script_tag(path=str(AXE))
+                result = await page.evaluate("async () => (await axe.run()).violations")
+                found += [
+                    f"{path} ({'dark' if dark else 'light'}): {v['id']} ({v['impact']}): "
+                    f"{v['help']} — {v['nodes'][0]['target']} {v['nodes'][0]['html'][:200]}"
+                    for v in result
+                    if v["impact"] in ("serious", "critical")
+                ]
+    assert not found, "\n".join(found)

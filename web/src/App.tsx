@@ -1,6 +1,6 @@
 import { lazy, Suspense } from 'react';
 import type { ReactNode } from 'react';
-import { ChakraProvider, defaultSystem } from '@chakra-ui/react';
+import { ChakraProvider } from '@chakra-ui/react';
 import { QueryClient, QueryClientProvider } from '@tanstack/react-query';
 import { BrowserRouter, Navigate, Route, Routes, useLocation } from 'react-router';
 import { ApiError } from './api/client';
@@ -8,6 +8,7 @@ import { AuthProvider, useAuth } from './auth/AuthContext';
 import { Layout } from './components/Layout';
 import { Loading } from './components/ui';
 import { SignIn } from './pages/SignIn';
+import { system } from './theme';
 
 const Overview = lazy(() => import('./pages/Overview'));
 const Devices = lazy(() => import('./pages/Devices'));
@@ -134,7 +135,7 @@ function Page({ children }: { children: ReactNode }) {
 
 export function Providers({ children, client }: { children: ReactNode; client: QueryClient }) {
   return (
-    <ChakraProvider value={defaultSystem}>
+    <ChakraProvider value={system}>
       <QueryClientProvider client={client}>{children}</QueryClientProvider>
     </ChakraProvider>
   );

@@ -21,7 +21,11 @@ function StatCard({
     <Stat.Root borderWidth="1px" borderRadius="md" p={4}>
       <Stat.Label>{label}</Stat.Label>
       <Stat.ValueText color={color}>{value}</Stat.ValueText>
-      {help && <Stat.HelpText>{help}</Stat.HelpText>}
+      {help && (
+        <Stat.HelpText asChild>
+          <dd>{help}</dd>
+        </Stat.HelpText>
+      )}
     </Stat.Root>
   );
 }

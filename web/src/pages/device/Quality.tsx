@@ -48,7 +48,9 @@ export function QualityPanel({ uid }: { uid: string }) {
         <Stat.Root borderWidth="1px" borderRadius="md" p={3}>
           <Stat.Label>Clock offset</Stat.Label>
           <Stat.ValueText>{formatOffset(q.clock_offset_s)}</Stat.ValueText>
-          <Stat.HelpText>device time − receive time</Stat.HelpText>
+          <Stat.HelpText asChild>
+            <dd>device time − receive time</dd>
+          </Stat.HelpText>
         </Stat.Root>
         <Stat.Root borderWidth="1px" borderRadius="md" p={3}>
           <Stat.Label>Last seen</Stat.Label>
