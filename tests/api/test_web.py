@@ -114,8 +114,10 @@ async def test_the_api_docs_and_metrics_are_unchanged(client: httpx.AsyncClient)
     assert (await client.get("/health")).json()
     # A method the API route does not have stays a 405, not the dashboard.
     assert_error(await client.get("/api/v1/ingest"), 405, "method_not_allowed")
-    # Nor does the dashboard take anything but GET and HEAD.
-    assert_error(await client.post("/devices"), 405, "method_not_allowed")
+    # Nor does the dashboard take anything but GET and HEAD: other methods find no route.
+    for method in ("POST", "PUT", "DELETE"):
+        for path in ("/", "/devices", "/assets/index-4f9c2a7e.js"):
+            assert_error(await client.request(method, path), 404, "not_found")
 
 
 async def test_without_a_build_the_root_says_how_to_build_it(tmp_path: Path) -> None:

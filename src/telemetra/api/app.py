@@ -195,5 +195,5 @@ def create_app(
     api.include_router(ingest.router)  # last: its /{device_token}/telemetry matches broadly
     app.include_router(health.router)
     app.include_router(api)
-    app.include_router(web.router)  # last: its fallback answers every other dashboard path
+    web.install(app)  # last: its fallback answers every other dashboard path
     return app

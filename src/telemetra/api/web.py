@@ -12,8 +12,9 @@ import html
 import importlib.resources
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, HTMLResponse, Response
 
 from telemetra.api.errors import ApiError
@@ -26,6 +27,7 @@ CSP = (
 )
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 HTML_HEADERS = {**SECURITY_HEADERS, "Content-Security-Policy": CSP, "Cache-Control": "no-cache"}
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 IMMUTABLE = "public, max-age=31536000, immutable"
 # First path segments that are never the dashboard's.
 RESERVED = ("api", "health", "ready", "metrics", "docs", "redoc", "openapi.json")
@@ -54,8 +56,6 @@ class DashboardPath(Convertor[str]):
 
 
 register_url_convertor("dashboard", DashboardPath())
-
-router = APIRouter(include_in_schema=False)
 
 
 def dist_dir(request: Request) -> Path:
@@ -86,8 +86,16 @@ def _index(folder: Path) -> Response:
     return FileResponse(index, media_type="text/html; charset=utf-8", headers=HTML_HEADERS)
 
 
+def _readable(request: Request) -> None:
+    """Only GET and HEAD: anything else answers as if there were no route (a 404, the body
+    unread), as before the dashboard was served."""
+    if request.method not in ("GET", "HEAD"):
+        raise HTTPException(404)
+
+
 async def asset(request: Request) -> Response:
     """A content-hashed file of the build: cached for a year."""
+    _readable(request)
     found = _inside(dist_dir(request) / "assets", request.path_params["file"])
     if found is None:
         raise ApiError(404, f"no dashboard asset {request.path_params['file']!r}")
@@ -96,6 +104,7 @@ async def asset(request: Request) -> Response:
 
 async def page(request: Request) -> Response:
     """A dashboard path: a file at the top of the build (favicon …), else ``index.html``."""
+    _readable(request)
     folder = dist_dir(request)
     path = request.path_params.get("path", "")
     found = _inside(folder, path) if path and "/" not in path else None
@@ -104,6 +113,13 @@ async def page(request: Request) -> Response:
     return _index(folder)
 
 
-router.add_route("/assets/{file:path}", asset, methods=["GET", "HEAD"], include_in_schema=False)
-router.add_route("/", page, methods=["GET", "HEAD"], include_in_schema=False)
-router.add_route("/{path:dashboard}", page, methods=["GET", "HEAD"], include_in_schema=False)
+def install(app: FastAPI) -> None:
+    """Add the dashboard's routes: after every other route, since the fallback matches any
+    dashboard path. Every method, so that a POST to no route stays a 404 rather than a 405
+    (see ``_readable``)."""
+    for path, endpoint in (
+        ("/assets/{file:path}", asset),
+        ("/", page),
+        ("/{path:dashboard}", page),
+    ):
+        app.add_route(path, endpoint, methods=list(METHODS), include_in_schema=False)
