@@ -153,19 +153,19 @@ async def measure(base: str, args: argparse.Namespace) -> dict[str, Any]:
             await page.wait_for_function(charts_drawn)
             await page.wait_for_timeout(300)
             marker = await page.evaluate(
-                "() => document.querySelector('[aria-label^=\"Chart of \"]').dataset.points"
+                "() => Number(document.querySelector('[aria-label^=\"Chart of \"]').dataset.points)"
             )
             started = time.perf_counter()
             await page.get_by_label("Range").select_option(label="Last 30 days")
             await page.wait_for_function(
                 "([m]) => { const c = [...document.querySelectorAll("
                 "'[aria-label^=\"Chart of \"]')];"
-                " return c.length === 4 && c.every(e => e.dataset.points !== m"
-                " && Number(e.dataset.points) > 0); }",
+                " return c.length === 4 && c.every(e => Number(e.dataset.points) > 1.5 * m); }",
                 arg=[marker],
                 timeout=30_000,
             )
             switches.append((time.perf_counter() - started) * 1000)
+        # The first switch fetches 30 days; later ones may be served from the client's cache.
         result["device_page_30d_switch_ms"] = [round(x) for x in switches]
         # The devices page: first rows, then long tasks while scrolling and paging.
         started = time.perf_counter()
