@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from telemetra.api import errors
 from telemetra.api.errors import ApiError
-from telemetra.store.schema import users
+from telemetra.store.schema import tenants, users
 from telemetra.store.tenancy import platform_wide, scope_to
 
 ROLES = ("viewer", "operator", "owner", "admin")  # each includes the rights of those before
@@ -235,9 +235,10 @@ class MeOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"id": 7, "username": "maria", "tenant_id": 2, "role": "operator"},
-                {"id": 7, "username": "maria", "tenant_id": 2, "role": "operator",
-                 "csrf_token": "mJ0q3Jd0y0V8pZbq0zQh6xw7cS2u1oXk9fY4gA5rTnE"},
+                {"id": 7, "username": "maria", "tenant_id": 2, "tenant": "acme",
+                 "role": "operator"},
+                {"id": 7, "username": "maria", "tenant_id": 2, "tenant": "acme",
+                 "role": "operator", "csrf_token": "mJ0q3Jd0y0V8pZbq0zQh6xw7cS2u1oXk9fY4gA5rTnE"},
             ]
         }
     )  # fmt: skip
@@ -245,6 +246,7 @@ class MeOut(BaseModel):
     id: int
     username: str
     tenant_id: int
+    tenant: str = Field(description="the tenant's name")
     role: str = Field(description="viewer, operator, owner or admin")
     csrf_token: str | None = Field(
         None,
@@ -315,7 +317,10 @@ async def me(request: Request, caller: Annotated[Caller, Depends(current_caller)
     """Who the token or session belongs to: the account as it is now; with the session
     cookie also the session's CSRF token (a reloaded dashboard page reads it here)."""
     session = getattr(request.state, "session", None)
+    async with request.app.state.engine.connect() as conn:  # the caller's own tenant: in scope
+        tenant = await conn.scalar(select(tenants.c.name).where(tenants.c.id == caller.tenant_id))
     return MeOut(
         id=caller.user_id, username=caller.username, tenant_id=caller.tenant_id,
-        role=caller.role, csrf_token=None if session is None else session.csrf_token,
+        tenant=str(tenant), role=caller.role,
+        csrf_token=None if session is None else session.csrf_token,
     )  # fmt: skip

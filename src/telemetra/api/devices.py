@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -21,6 +21,7 @@ router = APIRouter(prefix="/devices", tags=["devices"], responses=errors.respons
 OPERATOR = "this needs the operator role or higher"
 OTHER_TENANT = "only platform admins register devices in another tenant"
 NO_DEVICE = "no device 'greenhouse-9'"
+DeviceSort = Literal["uid", "-uid", "last_seen", "-last_seen", "type", "-type", "name", "-name"]
 UidParam = Annotated[str, Path(description="the device's uid", examples=["greenhouse-1"])]
 _TOKEN = "hMFZF4jt5k0IlwFGLaX75UnejoIOiRS9LolsWRiDFtg"  # noqa: S105 - an example for /docs
 _DEVICE: dict[str, Any] = {
@@ -267,14 +268,38 @@ async def list_devices(
     ] = None,
     type: Annotated[str | None, Query(description="device type", examples=["climate"])] = None,
     q: Annotated[str | None, Query(description="text in uid or name")] = None,
+    tag: Annotated[
+        str | None,
+        Query(
+            description="devices whose metadata `tags` list holds this tag (exactly)",
+            examples=["north"],
+        ),
+    ] = None,
+    online: Annotated[
+        Literal["true", "false", "unknown"] | None,
+        Query(
+            description="the worker's verdict: true, false, or unknown (not judged yet)",
+            examples=["false"],
+        ),
+    ] = None,
+    sort: Annotated[
+        DeviceSort,
+        Query(
+            description="uid, last_seen, type or name; `-` first for descending (`-last_seen`: "
+            "most recent first); devices without the value come last either way, ties by uid",
+            examples=["-last_seen"],
+        ),
+    ] = "uid",
     limit: Annotated[int, Query(ge=1, le=1000, description="items per page")] = 100,
     offset: Annotated[
         int,
         Query(ge=0, le=2**63 - 1, description="items to skip: next_offset of the previous page"),
     ] = 0,  # 64-bit in the database
 ) -> DevicePage:
-    """Devices of the caller's tenant, by uid; platform admins see every tenant's (each
-    device names its tenant), or one tenant's with ``tenant``."""
+    """Devices of the caller's tenant in ``sort`` order (by uid unless told), filtered by
+    status, type, text, tag and connection state; platform admins see every tenant's (each
+    device names its tenant), or one tenant's with ``tenant``. Pages by offset: pass the same
+    filters and sort with each page's ``next_offset``."""
     visible = scope(caller)
     async with request.app.state.engine.connect() as conn:
         if tenant is not None:
@@ -286,8 +311,9 @@ async def list_devices(
                 raise ApiError(404, f"no tenant named {tenant!r}")
             visible = wanted
         rows = await catalog.find_devices(
-            conn, visible, status=status, type=type, text=q, limit=limit + 1, offset=offset
-        )
+            conn, visible, status=status, type=type, text=q, tag=tag, online=online,
+            sort=sort, limit=limit + 1, offset=offset,
+        )  # fmt: skip
     more = len(rows) > limit
     return DevicePage(
         items=[DeviceOut(**_out(r)) for r in rows[:limit]],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
@@ -194,6 +195,46 @@ class LatestList(BaseModel):
     )  # fmt: skip
 
     items: list[LatestOut] = Field(description="by device, then metric")
+
+
+_H9, _H10 = "2026-11-22T09:00:00Z", "2026-11-22T10:00:00Z"
+
+
+class SparklineOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"device": "greenhouse-1", "metric": "temperature",
+                 "points": [[_H9, 21.4], [_H10, 21.9]]}
+            ]
+        }
+    )  # fmt: skip
+
+    device: str = Field(examples=["greenhouse-1"])
+    metric: str = Field(examples=["temperature"])
+    points: list[tuple[str, float]] = Field(
+        description="[hour start as ISO-8601 UTC, average of the hour], oldest first; hours "
+        "without data are left out"
+    )
+
+
+class SparklineList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"device": "greenhouse-1", "metric": "humidity",
+                         "points": [[_H9, 41.2], [_H10, 40.5]]},
+                        {"device": "greenhouse-1", "metric": "temperature",
+                         "points": [[_H9, 21.4], [_H10, 21.9]]},
+                    ]
+                }
+            ]
+        }
+    )  # fmt: skip
+
+    items: list[SparklineOut] = Field(description="by device, then metric")
 
 
 class QualityOut(BaseModel):
@@ -497,6 +538,54 @@ async def many_latest(
         if device_ids != []:
             rows = await query.latest(conn, tenant, device_ids=device_ids, metrics=metric)
     return LatestList(items=[_latest(r) for r in rows])
+
+
+MAX_SPARKLINE_DEVICES = 200
+
+
+@router.get(
+    "/telemetry/sparklines", response_model=SparklineList, summary="Hourly averages of devices"
+)
+async def sparklines(
+    request: Request,
+    caller: Annotated[Caller, role("viewer")],
+    devices: Annotated[
+        str,
+        Query(
+            description=f"device uids, comma-separated (at most {MAX_SPARKLINE_DEVICES}); "
+            "unknown ones are absent",
+            examples=["greenhouse-1,greenhouse-2"],
+        ),
+    ],
+    hours: Annotated[
+        int, Query(ge=1, le=168, description="how many hours back, the current one included")
+    ] = 24,
+) -> SparklineList:
+    """The hourly averages of every numeric metric of many devices over the last ``hours``
+    hours (from the 1-hour rollup, the hour under way included), for sparklines; only the
+    caller's devices."""
+    uids = _unique([u.strip() for u in devices.split(",") if u.strip()])
+    if not uids:
+        raise _invalid("devices", "name at least one device", "a comma-separated list of uids")
+    if len(uids) > MAX_SPARKLINE_DEVICES:
+        raise _invalid(
+            "devices",
+            f"at most {MAX_SPARKLINE_DEVICES} devices per request, got {len(uids)}",
+            f"at most {MAX_SPARKLINE_DEVICES} uids",
+        )
+    end = (time.time_ns() // 1000 // query.HOUR_US + 1) * query.HOUR_US
+    async with request.app.state.engine.connect() as conn:
+        lines = await query.sparklines(conn, scope(caller), uids, end - hours * query.HOUR_US, end)
+    return SparklineList(
+        items=[
+            SparklineOut(
+                device=line.device_uid,
+                metric=line.metric,
+                points=[(format_us(ts), avg) for ts, avg in line.points],
+            )
+            for line in lines
+        ]
+    )
 
 
 @router.get(

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import and_, cast, exists, func, select, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -377,6 +377,41 @@ async def device_by_token(conn: AsyncConnection, token: str) -> Any:
     return row if row is not None and row.status == "active" else None
 
 
+DEVICE_SORTS = ("uid", "-uid", "last_seen", "-last_seen", "type", "-type", "name", "-name")
+ONLINE_STATES = ("true", "false", "unknown")
+
+
+def _has_tag(conn: AsyncConnection, tag: str) -> Any:
+    """Devices whose metadata ``tags`` is a list holding the string ``tag`` (exactly)."""
+    meta = devices.c.metadata
+    if conn.dialect.name == "postgresql":  # a json column: as jsonb, list containment
+        tags = cast(meta, postgresql.JSONB)["tags"]
+        return tags.contains(type_coerce([tag], postgresql.JSONB))
+    each = func.json_each(meta, "$.tags").table_valued("value", "type").alias("tag")
+    return and_(
+        func.json_type(meta, "$.tags") == "array",
+        exists().where(each.c.type == "text", each.c.value == tag),
+    )
+
+
+def _device_order(conn: AsyncConnection, sort: str) -> list[Any]:
+    """ORDER BY for a sort key (``-`` first: descending): devices without a value last either
+    way, then by uid, so that offset pages never overlap or skip. Names and types compare
+    case-insensitively, character by character, alike on SQLite and PostgreSQL."""
+    if sort not in DEVICE_SORTS:
+        raise ValueError(f"unknown sort {sort!r}: expected one of {', '.join(DEVICE_SORTS)}")
+    column = devices.c[sort.removeprefix("-")]
+    descending = sort.startswith("-")
+    if column is devices.c.uid:
+        return [column.desc() if descending else column.asc()]
+    key: Any = column
+    if column is not devices.c.last_seen:
+        key = func.lower(column)
+        if conn.dialect.name == "postgresql":  # not the database's locale order
+            key = key.collate("C")
+    return [column.is_(None), key.desc() if descending else key.asc(), devices.c.uid]
+
+
 async def find_devices(
     conn: AsyncConnection,
     tenant_id: int | None,
@@ -384,11 +419,16 @@ async def find_devices(
     status: str | None = None,
     type: str | None = None,
     text: str | None = None,
+    tag: str | None = None,
+    online: str | None = None,
+    sort: str = "uid",
     limit: int = 100,
     offset: int = 0,
 ) -> list[Any]:
-    """Devices (with ``tenant_name``) of a tenant (None: all), filtered, by uid, one page."""
-    query = _device_query().order_by(devices.c.uid).limit(limit).offset(offset)
+    """Devices (with ``tenant_name``) of a tenant (None: all), filtered, one page in ``sort``
+    order (a key of ``DEVICE_SORTS``). ``tag``: metadata ``tags`` holds it; ``online``:
+    "true", "false" or "unknown" (not judged yet)."""
+    query = _device_query().order_by(*_device_order(conn, sort)).limit(limit).offset(offset)
     if tenant_id is not None:
         query = query.where(devices.c.tenant_id == tenant_id)
     if status is not None:
@@ -400,6 +440,13 @@ async def find_devices(
         query = query.where(
             func.lower(devices.c.uid).like(pattern) | func.lower(devices.c.name).like(pattern)
         )
+    if tag is not None:
+        query = query.where(_has_tag(conn, tag))
+    if online is not None:
+        if online not in ONLINE_STATES:
+            raise ValueError(f"unknown online {online!r}: expected one of true, false, unknown")
+        state = {"true": devices.c.online.is_(True), "false": devices.c.online.is_(False)}
+        query = query.where(state.get(online, devices.c.online.is_(None)))
     return list((await conn.execute(query)).all())
 
 

@@ -829,6 +829,50 @@ async def latest(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Sparkline:
+    """Hourly averages of one metric of one device: (hour start in µs, average), oldest first."""
+
+    device_uid: str
+    metric: str
+    points: list[tuple[int, float]]
+
+
+HOUR_US = 3600 * 1_000_000
+
+
+async def sparklines(
+    conn: AsyncConnection, tenant_id: int | None, uids: Sequence[str], start: int, end: int
+) -> list[Sparkline]:
+    """The hourly averages in [start, end) of every metric of the devices ``uids`` of the
+    tenant (None: any tenant, for platform admins), from ``rollup_1h``, in one statement; by
+    device, then metric. Devices of other tenants and unknown uids are absent."""
+    _check_range(start, end)
+    if not uids:
+        return []
+    r, m = schema.rollup_1h.c, schema.metrics.c
+    query = (
+        select(devices.c.uid, m.name, r.bucket, r.sum.label("total"), r.count.label("n"))
+        .select_from(
+            schema.rollup_1h.join(devices, devices.c.id == r.device_id).join(
+                schema.metrics, m.id == r.metric_id
+            )
+        )
+        .where(devices.c.uid.in_(sorted(set(uids))), r.bucket >= start, r.bucket < end)
+        .order_by(devices.c.uid, m.name, r.bucket)
+    )
+    if tenant_id is not None:
+        query = query.where(r.tenant_id == tenant_id, devices.c.tenant_id == tenant_id)
+    lines: list[Sparkline] = []
+    for row in await conn.execute(query):
+        if not row.n:
+            continue
+        if not lines or (lines[-1].device_uid, lines[-1].metric) != (row.uid, row.name):
+            lines.append(Sparkline(str(row.uid), str(row.name), []))
+        lines[-1].points.append((int(row.bucket), float(row.total) / int(row.n)))
+    return lines
+
+
 async def quality(conn: AsyncConnection, tenant_id: int, device_id: int) -> QualitySummary | None:
     """The device's quality counters and clock estimate; None when the tenant has no such device."""
     device = (

@@ -271,8 +271,10 @@ export interface paths {
     };
     /**
      * List devices
-     * @description Devices of the caller's tenant, by uid; platform admins see every tenant's (each
-     *     device names its tenant), or one tenant's with ``tenant``.
+     * @description Devices of the caller's tenant in ``sort`` order (by uid unless told), filtered by
+     *     status, type, text, tag and connection state; platform admins see every tenant's (each
+     *     device names its tenant), or one tenant's with ``tenant``. Pages by offset: pass the same
+     *     filters and sort with each page's ``next_offset``.
      */
     get: operations['list_devices_api_v1_devices_get'];
     put?: never;
@@ -640,6 +642,28 @@ export interface paths {
      * @description The newest value of each metric of many devices, by event time; only the caller's.
      */
     get: operations['many_latest_api_v1_telemetry_latest_get'];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  '/api/v1/telemetry/sparklines': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * Hourly averages of devices
+     * @description The hourly averages of every numeric metric of many devices over the last ``hours``
+     *     hours (from the 1-hour rollup, the hour under way included), for sparklines; only the
+     *     caller's devices.
+     */
+    get: operations['sparklines_api_v1_telemetry_sparklines_get'];
     put?: never;
     post?: never;
     delete?: never;
@@ -1988,6 +2012,7 @@ export interface components {
      * @example {
      *       "id": 7,
      *       "role": "operator",
+     *       "tenant": "acme",
      *       "tenant_id": 2,
      *       "username": "maria"
      *     }
@@ -1995,6 +2020,7 @@ export interface components {
      *       "csrf_token": "mJ0q3Jd0y0V8pZbq0zQh6xw7cS2u1oXk9fY4gA5rTnE",
      *       "id": 7,
      *       "role": "operator",
+     *       "tenant": "acme",
      *       "tenant_id": 2,
      *       "username": "maria"
      *     }
@@ -2012,6 +2038,11 @@ export interface components {
        * @description viewer, operator, owner or admin
        */
       role: string;
+      /**
+       * Tenant
+       * @description the tenant's name
+       */
+      tenant: string;
       /** Tenant Id */
       tenant_id: number;
       /** Username */
@@ -3085,6 +3116,82 @@ export interface components {
       password: string;
       /** Username */
       username: string;
+    };
+    /**
+     * SparklineList
+     * @example {
+     *       "items": [
+     *         {
+     *           "device": "greenhouse-1",
+     *           "metric": "humidity",
+     *           "points": [
+     *             [
+     *               "2026-11-22T09:00:00Z",
+     *               41.2
+     *             ],
+     *             [
+     *               "2026-11-22T10:00:00Z",
+     *               40.5
+     *             ]
+     *           ]
+     *         },
+     *         {
+     *           "device": "greenhouse-1",
+     *           "metric": "temperature",
+     *           "points": [
+     *             [
+     *               "2026-11-22T09:00:00Z",
+     *               21.4
+     *             ],
+     *             [
+     *               "2026-11-22T10:00:00Z",
+     *               21.9
+     *             ]
+     *           ]
+     *         }
+     *       ]
+     *     }
+     */
+    SparklineList: {
+      /**
+       * Items
+       * @description by device, then metric
+       */
+      items: components['schemas']['SparklineOut'][];
+    };
+    /**
+     * SparklineOut
+     * @example {
+     *       "device": "greenhouse-1",
+     *       "metric": "temperature",
+     *       "points": [
+     *         [
+     *           "2026-11-22T09:00:00Z",
+     *           21.4
+     *         ],
+     *         [
+     *           "2026-11-22T10:00:00Z",
+     *           21.9
+     *         ]
+     *       ]
+     *     }
+     */
+    SparklineOut: {
+      /**
+       * Device
+       * @example greenhouse-1
+       */
+      device: string;
+      /**
+       * Metric
+       * @example temperature
+       */
+      metric: string;
+      /**
+       * Points
+       * @description [hour start as ISO-8601 UTC, average of the hour], oldest first; hours without data are left out
+       */
+      points: [string, number][];
     };
     /**
      * TenantIn
@@ -5203,6 +5310,12 @@ export interface operations {
         type?: string | null;
         /** @description text in uid or name */
         q?: string | null;
+        /** @description devices whose metadata `tags` list holds this tag (exactly) */
+        tag?: string | null;
+        /** @description the worker's verdict: true, false, or unknown (not judged yet) */
+        online?: ('true' | 'false' | 'unknown') | null;
+        /** @description uid, last_seen, type or name; `-` first for descending (`-last_seen`: most recent first); devices without the value come last either way, ties by uid */
+        sort?: 'uid' | '-uid' | 'last_seen' | '-last_seen' | 'type' | '-type' | 'name' | '-name';
         /** @description items per page */
         limit?: number;
         /** @description items to skip: next_offset of the previous page */
@@ -8440,6 +8553,128 @@ export interface operations {
         };
         content: {
           'application/json': components['schemas']['LatestList'];
+        };
+      };
+      /** @description No credentials, or invalid, expired or revoked ones */
+      401: {
+        headers: {
+          /** @description Bearer */
+          'WWW-Authenticate'?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unauthorized",
+           *         "message": "authentication required"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The body is larger than TELEMETRA_MAX_REQUEST_BYTES */
+      413: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "payload_too_large",
+           *         "message": "body of 2097152 bytes exceeds the limit of 1048576 bytes"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The request does not match the schema, or a value in it cannot be read */
+      422: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "invalid_request",
+           *         "details": [
+           *           {
+           *             "field": "query.limit",
+           *             "problem": "Input should be greater than or equal to 1"
+           *           }
+           *         ],
+           *         "message": "the request does not match the schema"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Rate limited: retry after Retry-After seconds */
+      429: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "rate_limited",
+           *         "message": "too many requests for this user; at most 20/s (bursts of 60)"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Temporarily unavailable: retry after Retry-After seconds */
+      503: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unavailable",
+           *         "message": "the database is unavailable; retry shortly"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+    };
+  };
+  sparklines_api_v1_telemetry_sparklines_get: {
+    parameters: {
+      query: {
+        /** @description device uids, comma-separated (at most 200); unknown ones are absent */
+        devices: string;
+        /** @description how many hours back, the current one included */
+        hours?: number;
+      };
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Successful Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['SparklineList'];
         };
       };
       /** @description No credentials, or invalid, expired or revoked ones */
