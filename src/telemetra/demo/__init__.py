@@ -1,0 +1,1 @@
+"""The one-process demo: its building blocks (the embedded MQTT broker)."""
