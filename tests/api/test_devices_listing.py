@@ -217,6 +217,14 @@ async def test_sparklines_are_hourly_averages(world: World) -> None:
     assert [len(i["points"]) for i in two] == [2]
     week = await points("a-viewer", devices=first, hours=168)
     assert [len(i["points"]) for i in week] == [1, 4]  # the reading 30 hours ago too
+    # A uid holding a comma, named whole with ``device``.
+    comma = f"{a}-x,y"
+    await _ingest(world, await _device(world, comma), [{"ts": hour, "temperature": 7.0}])
+    assert await points("a-viewer", devices="", device=[comma]) == [
+        {"device": comma, "metric": "temperature", "points": [[_iso(hour), 7.0]]}
+    ]
+    both = await points("a-viewer", devices=second, device=[comma, second])
+    assert [i["device"] for i in both] == [second, comma]  # by uid
     # Tenant isolation: tenant b's viewer sees none of tenant a's, only its own.
     assert await points("b-viewer", devices=f"{first},{second}") == []
     assert await points("b-viewer", devices=f"{b}-s1,{first}") == [
@@ -228,6 +236,7 @@ async def test_sparklines_are_hourly_averages(world: World) -> None:
     ("params", "field"),
     [
         ({"devices": ",".join(f"d{i}" for i in range(201))}, "query.devices"),
+        ({"devices": ",".join(f"d{i}" for i in range(200)), "device": "d200"}, "query.devices"),
         ({"devices": " , "}, "query.devices"),
         ({}, "query.devices"),
         ({"devices": "d1", "hours": 0}, "query.hours"),

@@ -550,13 +550,20 @@ async def sparklines(
     request: Request,
     caller: Annotated[Caller, role("viewer")],
     devices: Annotated[
-        str,
+        str | None,
         Query(
-            description=f"device uids, comma-separated (at most {MAX_SPARKLINE_DEVICES}); "
-            "unknown ones are absent",
+            description=f"device uids, comma-separated (at most {MAX_SPARKLINE_DEVICES} in "
+            "all); unknown ones are absent",
             examples=["greenhouse-1,greenhouse-2"],
         ),
-    ],
+    ] = None,
+    device: Annotated[
+        list[str] | None,
+        Query(
+            description="a device uid taken whole (for uids holding a comma); repeatable, "
+            "with or instead of `devices`"
+        ),
+    ] = None,
     hours: Annotated[
         int, Query(ge=1, le=168, description="how many hours back, the current one included")
     ] = 24,
@@ -564,7 +571,8 @@ async def sparklines(
     """The hourly averages of every numeric metric of many devices over the last ``hours``
     hours (from the 1-hour rollup, the hour under way included), for sparklines; only the
     caller's devices."""
-    uids = _unique([u.strip() for u in devices.split(",") if u.strip()])
+    listed = [u.strip() for u in (devices or "").split(",")]
+    uids = _unique([u for u in [*listed, *(device or [])] if u])
     if not uids:
         raise _invalid("devices", "name at least one device", "a comma-separated list of uids")
     if len(uids) > MAX_SPARKLINE_DEVICES:

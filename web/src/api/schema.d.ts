@@ -8656,9 +8656,11 @@ export interface operations {
   };
   sparklines_api_v1_telemetry_sparklines_get: {
     parameters: {
-      query: {
-        /** @description device uids, comma-separated (at most 200); unknown ones are absent */
-        devices: string;
+      query?: {
+        /** @description device uids, comma-separated (at most 200 in all); unknown ones are absent */
+        devices?: string | null;
+        /** @description a device uid taken whole (for uids holding a comma); repeatable, with or instead of `devices` */
+        device?: string[] | null;
         /** @description how many hours back, the current one included */
         hours?: number;
       };

@@ -3,7 +3,7 @@ import type { ReactNode } from 'react';
 import { useLocation, useNavigate } from 'react-router';
 import { useQueryClient } from '@tanstack/react-query';
 import { ApiError, onUnauthorized, request, setCsrfToken } from '../api/client';
-import type { Session } from '../api/types';
+import type { Me, Role, Session } from '../api/types';
 
 export const EXPIRED_MESSAGE = 'Your session expired — sign in again';
 
@@ -25,6 +25,18 @@ export function safeNext(next: string | null | undefined): string {
   return next;
 }
 
+/** The session a `GET /auth/me` answer describes (after a reload): who, their role and
+ *  tenant (by name, as the user menu shows it) and the cookie session's CSRF token. */
+export function sessionFromMe(me: Me): Session {
+  return {
+    username: me.username,
+    role: me.role as Role,
+    tenant_id: me.tenant_id,
+    tenant: me.tenant,
+    csrf_token: me.csrf_token ?? null,
+  };
+}
+
 export function AuthProvider({ children }: { children: ReactNode }) {
   const [status, setStatus] = useState<AuthState['status']>('loading');
   const [session, setSession] = useState<Session | null>(null);
@@ -36,11 +48,11 @@ export function AuthProvider({ children }: { children: ReactNode }) {
   // Who is signed in after a (re)load: the cookie session, if any, and its CSRF token.
   useEffect(() => {
     let cancelled = false;
-    request<Session>('/auth/me', { expectUnauthorized: true })
+    request<Me>('/auth/me', { expectUnauthorized: true })
       .then((me) => {
         if (cancelled) return;
         setCsrfToken(me.csrf_token ?? null);
-        setSession(me);
+        setSession(sessionFromMe(me));
         setStatus('signed-in');
       })
       .catch(() => {

@@ -3,6 +3,7 @@ import { screen, waitFor } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { Route, Routes, useLocation } from 'react-router';
 import { api, getCsrfToken, setCsrfToken } from '../api/client';
+import { Layout } from '../components/Layout';
 import { SignIn } from '../pages/SignIn';
 import { EXPIRED_MESSAGE, safeNext } from './AuthContext';
 import { SESSION, mockFetch, renderApp } from '../test/utils';
@@ -88,6 +89,20 @@ describe('sign-in and session', () => {
     await userEvent.click(screen.getByRole('button', { name: 'load' }));
     expect(await screen.findByText(EXPIRED_MESSAGE)).toBeInTheDocument();
     expect(getCsrfToken()).toBeNull();
+  });
+
+  it('shows the tenant in the user menu after a reload (from /auth/me)', async () => {
+    mockFetch([{ path: '/api/v1/auth/me', body: { ...SESSION, tenant: 'acme-labs' } }]);
+    renderApp(
+      <Routes>
+        <Route element={<Layout />}>
+          <Route path="/" element={<p>home</p>} />
+        </Route>
+      </Routes>,
+      { path: '/', authed: true },
+    );
+    await userEvent.click(await screen.findByRole('button', { name: /user menu for maria/i }));
+    expect(await screen.findByText('operator · acme-labs')).toBeInTheDocument();
   });
 
   it('never returns to another origin after sign-in', () => {

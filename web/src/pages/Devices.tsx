@@ -15,7 +15,7 @@ import {
 import { keepPreviousData, useQuery, useQueryClient } from '@tanstack/react-query';
 import { Link as RouterLink, useSearchParams } from 'react-router';
 import { api } from '../api/client';
-import type { Device, DevicePage, LatestList } from '../api/types';
+import type { DevicePage, LatestList, SparklineList } from '../api/types';
 import {
   Empty,
   ErrorBox,
@@ -25,11 +25,30 @@ import {
   SelectField,
   When,
 } from '../components/ui';
+import { Sparkline } from '../components/Sparkline';
 import { deviceTags, formatNumber } from '../lib/format';
 import { useLive } from '../lib/live';
 
 const PAGE = 100;
-type SortKey = 'uid' | 'type' | 'online' | 'last_seen';
+const SPARK_HOURS = 24;
+type SortKey = 'uid' | 'name' | 'type' | 'last_seen';
+type Sort = SortKey | `-${SortKey}`;
+const SORTS: readonly Sort[] = [
+  'uid',
+  '-uid',
+  'name',
+  '-name',
+  'type',
+  '-type',
+  'last_seen',
+  '-last_seen',
+];
+// The dashboard's connection filter in the URL → the API's `online`.
+const ONLINE: Record<string, 'true' | 'false' | 'unknown'> = {
+  online: 'true',
+  offline: 'false',
+  unknown: 'unknown',
+};
 
 export function useDebounced<T>(value: T, ms = 300): T {
   const [debounced, setDebounced] = useState(value);
@@ -40,15 +59,6 @@ export function useDebounced<T>(value: T, ms = 300): T {
   return debounced;
 }
 
-function compare(a: Device, b: Device, key: SortKey): number {
-  if (key === 'online') {
-    const rank = (d: Device) => (d.online === true ? 0 : d.online === false ? 1 : 2);
-    return rank(a) - rank(b);
-  }
-  if (key === 'last_seen') return (b.last_seen ?? '').localeCompare(a.last_seen ?? '');
-  return String(a[key] ?? '').localeCompare(String(b[key] ?? ''));
-}
-
 export default function Devices() {
   const [params, setParams] = useSearchParams();
   const [search, setSearch] = useState(params.get('q') ?? '');
@@ -56,9 +66,13 @@ export default function Devices() {
   const type = params.get('type') ?? '';
   const status = params.get('status') ?? '';
   const online = params.get('online') ?? '';
-  const tag = params.get('tag') ?? '';
+  const [tagInput, setTagInput] = useState(params.get('tag') ?? '');
+  const tag = useDebounced(tagInput.trim());
   const offset = Number(params.get('offset') ?? '0') || 0;
-  const [sort, setSort] = useState<{ key: SortKey; desc: boolean }>({ key: 'uid', desc: false });
+  const sortParam = params.get('sort') ?? 'uid';
+  const sort: Sort = (SORTS as readonly string[]).includes(sortParam) ? (sortParam as Sort) : 'uid';
+  const sortKey = sort.replace(/^-/, '') as SortKey;
+  const desc = sort.startsWith('-');
   const queryClient = useQueryClient();
 
   const set = (changes: Record<string, string>) => {
@@ -75,8 +89,22 @@ export default function Devices() {
     if ((params.get('q') ?? '') !== q) set({ q });
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [q]);
+  useEffect(() => {
+    if ((params.get('tag') ?? '') !== tag) set({ tag });
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [tag]);
 
-  const query = { q, type, status, limit: PAGE, offset };
+  // Sorting and filtering are the server's: every page is a page of the whole fleet.
+  const query = {
+    q,
+    type,
+    status,
+    tag,
+    online: ONLINE[online],
+    sort: sort === 'uid' ? undefined : sort,
+    limit: PAGE,
+    offset,
+  };
   const devices = useQuery({
     queryKey: ['devices', query],
     queryFn: ({ signal }) => api.get<DevicePage>('/devices', query, signal),
@@ -89,6 +117,14 @@ export default function Devices() {
     queryFn: ({ signal }) => api.get<LatestList>('/telemetry/latest', { device: uids }, signal),
     enabled: uids.length > 0,
     refetchInterval: 30_000,
+  });
+  // One request for the whole page's sparklines (hourly: refreshed every few minutes).
+  const sparklines = useQuery({
+    queryKey: ['sparklines', uids, SPARK_HOURS],
+    queryFn: ({ signal }) =>
+      api.get<SparklineList>('/telemetry/sparklines', { device: uids, hours: SPARK_HOURS }, signal),
+    enabled: uids.length > 0,
+    refetchInterval: 300_000,
   });
 
   // Status changes arrive live: patch the page in place.
@@ -118,39 +154,57 @@ export default function Devices() {
     return map;
   }, [latest.data]);
 
-  const rows = useMemo(() => {
-    let items = devices.data?.items ?? [];
-    if (online) {
-      items = items.filter((d) =>
-        online === 'online'
-          ? d.online === true
-          : online === 'offline'
-            ? d.online === false
-            : d.online == null,
-      );
+  // Per device: the line of its first numeric metric (by name, as the latest values list).
+  const sparkBy = useMemo(() => {
+    const lines = new Map<string, SparklineList['items']>();
+    for (const line of sparklines.data?.items ?? []) {
+      const list = lines.get(line.device) ?? [];
+      list.push(line);
+      lines.set(line.device, list);
     }
-    if (tag) items = items.filter((d) => deviceTags(d.metadata).some((t) => t.includes(tag)));
-    const sorted = [...items].sort((a, b) => compare(a, b, sort.key));
-    return sort.desc ? sorted.reverse() : sorted;
-  }, [devices.data, online, tag, sort]);
+    const chosen = new Map<string, SparklineList['items'][number]>();
+    for (const [device, list] of lines) {
+      const numeric = (latestBy.get(device) ?? []).find((l) => l.value !== null)?.metric;
+      const line = list.find((l) => l.metric === numeric) ?? list[0];
+      if (line) chosen.set(device, line);
+    }
+    return chosen;
+  }, [sparklines.data, latestBy]);
 
-  const header = (key: SortKey, label: string) => {
-    const active = sort.key === key;
+  const rows = devices.data?.items ?? [];
+
+  const sortButton = (key: SortKey, label: string) => {
+    const active = sortKey === key;
+    // A new column starts ascending, but last seen starts with the most recent.
+    const next: Sort = active ? (desc ? key : `-${key}`) : key === 'last_seen' ? '-last_seen' : key;
+    return (
+      <Button
+        variant="plain"
+        size="xs"
+        px={0}
+        fontWeight="semibold"
+        onClick={() => set({ sort: next === 'uid' ? '' : next })}
+      >
+        {label}
+        {active ? (desc ? ' ▼' : ' ▲') : ''}
+      </Button>
+    );
+  };
+
+  const header = (keys: [SortKey, string][]) => {
+    const active = keys.some(([key]) => key === sortKey);
     return (
       <Table.ColumnHeader
-        aria-sort={active ? (sort.desc ? 'descending' : 'ascending') : 'none'}
+        aria-sort={active ? (desc ? 'descending' : 'ascending') : 'none'}
         whiteSpace="nowrap"
       >
-        <Button
-          variant="plain"
-          size="xs"
-          px={0}
-          fontWeight="semibold"
-          onClick={() => setSort({ key, desc: active ? !sort.desc : false })}
-        >
-          {label}
-          {active ? (sort.desc ? ' ▼' : ' ▲') : ''}
-        </Button>
+        <HStack gap={2}>
+          {keys.map(([key, text]) => (
+            <Box as="span" key={key}>
+              {sortButton(key, text)}
+            </Box>
+          ))}
+        </HStack>
       </Table.ColumnHeader>
     );
   };
@@ -175,7 +229,12 @@ export default function Devices() {
         </Field.Root>
         <Field.Root width="10rem">
           <Field.Label fontSize="xs">Tag</Field.Label>
-          <Input size="sm" value={tag} onChange={(e) => set({ tag: e.currentTarget.value })} />
+          <Input
+            size="sm"
+            value={tagInput}
+            onChange={(e) => setTagInput(e.currentTarget.value)}
+            placeholder="exact tag"
+          />
         </Field.Root>
         <SelectField
           label="Status"
@@ -202,11 +261,15 @@ export default function Devices() {
           <Table.Root size="sm" stickyHeader interactive>
             <Table.Header>
               <Table.Row>
-                {header('uid', 'Device')}
-                {header('online', 'Status')}
-                {header('type', 'Type')}
+                {header([
+                  ['uid', 'Device'],
+                  ['name', 'Name'],
+                ])}
+                <Table.ColumnHeader>Status</Table.ColumnHeader>
+                {header([['type', 'Type']])}
                 <Table.ColumnHeader>Tags</Table.ColumnHeader>
-                {header('last_seen', 'Last seen')}
+                {header([['last_seen', 'Last seen']])}
+                <Table.ColumnHeader>Last {SPARK_HOURS} h</Table.ColumnHeader>
                 <Table.ColumnHeader>Latest values</Table.ColumnHeader>
               </Table.Row>
             </Table.Header>
@@ -241,6 +304,18 @@ export default function Devices() {
                   </Table.Cell>
                   <Table.Cell whiteSpace="nowrap">
                     <When iso={d.last_seen} />
+                  </Table.Cell>
+                  <Table.Cell color="teal.fg">
+                    {(() => {
+                      const line = sparkBy.get(d.uid);
+                      return line ? (
+                        <Sparkline metric={line.metric} points={line.points} hours={SPARK_HOURS} />
+                      ) : (
+                        <Text as="span" color="fg.muted" fontSize="xs">
+                          —
+                        </Text>
+                      );
+                    })()}
                   </Table.Cell>
                   <Table.Cell fontSize="xs">
                     {(latestBy.get(d.uid) ?? []).slice(0, 4).map((l) => (

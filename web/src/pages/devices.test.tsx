@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { screen } from '@testing-library/react';
+import { screen, waitFor } from '@testing-library/react';
 import userEvent from '@testing-library/user-event';
 import { Route, Routes } from 'react-router';
 import Devices from './Devices';
@@ -54,6 +54,22 @@ function routes(role = 'operator') {
       },
     },
     {
+      path: '/api/v1/telemetry/sparklines',
+      body: {
+        items: [
+          {
+            device: 'freezer-1',
+            metric: EVIL,
+            points: [
+              ['2026-11-22T08:00:00Z', -18.5],
+              ['2026-11-22T09:00:00Z', -17.25],
+              ['2026-11-22T10:00:00Z', -18],
+            ],
+          },
+        ],
+      },
+    },
+    {
       path: '/api/v1/devices/freezer-1',
       body: device('freezer-1', { metadata: { tags: [EVIL] } }),
     },
@@ -74,16 +90,52 @@ describe('devices', () => {
     expect(screen.getAllByText('offline').length).toBeGreaterThan(0);
   });
 
-  it('filters by connection state and sorts by column', async () => {
-    mockFetch(routes());
-    renderApp(<Devices />, { path: '/devices?online=offline' });
-    expect(await screen.findByText(EVIL, { selector: 'a' })).toBeInTheDocument();
-    expect(screen.queryByText('freezer-1')).toBeNull();
-    await userEvent.click(screen.getByRole('button', { name: /device/i }));
+  it('asks the server to filter and sort, and resets to the first page', async () => {
+    const { calls } = mockFetch(routes());
+    renderApp(<Devices />, { path: '/devices?online=offline&offset=100' });
+    expect(await screen.findByText('freezer-1')).toBeInTheDocument(); // the server's page, as is
+    const listed = () =>
+      calls
+        .filter((c) => c.url.startsWith('/api/v1/devices?'))
+        .map((c) => new URL(c.url, 'http://x').searchParams);
+    expect(listed()[0]?.get('online')).toBe('false');
+    expect(listed()[0]?.get('offset')).toBe('100');
+    expect(listed()[0]?.get('limit')).toBe('100');
+
+    await userEvent.click(screen.getByRole('button', { name: /^last seen/i }));
+    expect(screen.getByRole('columnheader', { name: /last seen/i })).toHaveAttribute(
+      'aria-sort',
+      'descending',
+    );
+    await waitFor(() => expect(listed().at(-1)?.get('sort')).toBe('-last_seen'));
+    expect(listed().at(-1)?.get('offset')).toBe('0'); // back to the first page
+    await userEvent.click(screen.getByRole('button', { name: /^last seen/i }));
+    await waitFor(() => expect(listed().at(-1)?.get('sort')).toBe('last_seen'));
+    await userEvent.click(screen.getByRole('button', { name: /^device/i }));
+    await waitFor(() => expect(listed().at(-1)?.get('sort')).toBeNull()); // uid: the default
+    await userEvent.click(screen.getByRole('button', { name: /^device/i }));
+    await waitFor(() => expect(listed().at(-1)?.get('sort')).toBe('-uid'));
     expect(screen.getByRole('columnheader', { name: /device/i })).toHaveAttribute(
       'aria-sort',
       'descending',
     );
+
+    await userEvent.type(screen.getByLabelText('Tag'), 'cold-room');
+    await waitFor(() => expect(listed().at(-1)?.get('tag')).toBe('cold-room'));
+    expect(listed().at(-1)?.get('sort')).toBe('-uid');
+  });
+
+  it('draws one sparkline per device from one request for the page', async () => {
+    const { calls } = mockFetch(routes());
+    renderApp(<Devices />, { path: '/devices' });
+    const line = await screen.findByRole('img', { name: /last 24 h: -18\.5 to -17\.25/ });
+    expect(line.querySelector('polyline')?.getAttribute('points')?.split(' ')).toHaveLength(3);
+    expect(screen.getAllByTestId('sparkline')).toHaveLength(1); // the other device has no data
+    const asked = calls.filter((c) => c.url.startsWith('/api/v1/telemetry/sparklines'));
+    expect(asked).toHaveLength(1);
+    const params = new URL(asked[0]?.url ?? '', 'http://x').searchParams;
+    expect(params.getAll('device')).toEqual(['freezer-1', EVIL]);
+    expect(params.get('hours')).toBe('24');
   });
 
   it('shows a viewer no edit controls on the device page', async () => {
