@@ -7,8 +7,12 @@ every blocking wait runs in a worker thread so that the broker, in the test's lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import json
+import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -23,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra.config import Settings
 from telemetra.demo.broker import THINGSBOARD_TELEMETRY, BrokerListenError, EmbeddedBroker
-from telemetra.ingest.pipeline import Message
+from telemetra.ingest.pipeline import Inbox, Message, Outcome, Pipeline
 from telemetra.store.catalog import (
     create_device,
     default_tenant_id,
@@ -268,3 +272,100 @@ async def test_port_in_use_names_the_port(engine: AsyncEngine) -> None:
     assert caught.value.errno == errno.EADDRINUSE
     assert f"port {port} is in use" in str(caught.value)
     await broker.stop()  # harmless when it never started
+
+
+async def test_pipeline_round_trip_acks_after_commit(engine: AsyncEngine, fleet: Fleet) -> None:
+    """The demo's wiring: deliver -> the ingest pipeline -> commit -> ack on the device's topic."""
+    settings = Settings(batch_max_wait_ms=20)
+    pipeline = Pipeline(engine, settings, feed_alerts=False)
+    inbox = Inbox(settings.queue_max_messages, settings.batch_max_messages)
+    sent: list[asyncio.Future[None]] = []
+
+    async def deliver(message: Message) -> None:
+        inbox.put(message)
+
+    def done(outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            if o.ack_topic:
+                sent.append(asyncio.ensure_future(broker.publish(o.ack_topic, o.ack_payload())))
+
+    broker = EmbeddedBroker(engine, settings, "127.0.0.1", 0, deliver)
+    await broker.start()
+    stop = asyncio.Event()
+    ingest = asyncio.create_task(pipeline.run(inbox, done, stop))
+    run = Running(broker, asyncio.Queue(), [])
+    try:
+        c = await run.device(fleet.a, fleet.a_token)
+        await asyncio.to_thread(c.subscribe, f"devices/{fleet.a}/acks")
+        for payload in ('{"temperature": 21.5, "humidity": "40"}', '{"temperature": 6000}'):
+            await publish(c, f"devices/{fleet.a}/telemetry", payload)
+        acks = [await asyncio.to_thread(c.messages.get, True, 5) for _ in range(2)]
+        assert [t for t, _ in acks] == [f"devices/{fleet.a}/acks"] * 2
+        first, second = (json.loads(p) for _, p in acks)
+        assert (first["accepted"], first["rejected"]) == (2, [])
+        assert [r["reason"] for r in second["rejected"]] == ["out_of_range"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(ingest, 10)
+        await asyncio.gather(*(asyncio.to_thread(c.close) for c in run.clients))
+        await broker.stop()
+
+
+async def test_mqtt5_client_never_connects(running: Running, fleet: Fleet) -> None:
+    """amqtt 0.12 speaks MQTT 3.1.1 only. It answers an MQTT 5 CONNECT with a 3.1.1 refusal,
+    which paho 2.2 does not report at all: the client just is not connected."""
+
+    def login() -> bool:
+        answered = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        c.username_pw_set(fleet.a, fleet.a_token)
+        c.on_connect = lambda *_: answered.set()
+        c.connect("127.0.0.1", running.broker.port)
+        c.loop_start()
+        try:
+            answered.wait(1.5)
+            return c.is_connected()
+        finally:
+            with contextlib.suppress(OSError):
+                c.disconnect()
+            c.loop_stop()
+
+    assert not await asyncio.to_thread(login)
+    c = await running.device(fleet.a, fleet.a_token)  # the broker is none the worse
+    await publish(c, f"devices/{fleet.a}/telemetry", "{}")
+    assert (await running.next()).topic == f"devices/{fleet.a}/telemetry"
+
+
+TB_SDK = os.environ.get("TELEMETRA_TB_SDK")  # a `pip install --target` of tb-mqtt-client
+TB_CLIENT = """
+import sys, time
+from tb_device_mqtt import TBDeviceMqttClient
+c = TBDeviceMqttClient("127.0.0.1", port=int(sys.argv[1]), username=sys.argv[2])
+c._client._protocol, c._client._clean_session = 4, True  # the SDK always asks for MQTT 5
+c.connect(timeout=5)
+deadline = time.time() + 5
+while not c.is_connected() and time.time() < deadline:
+    time.sleep(0.05)
+assert c.is_connected(), "not connected"
+assert c.send_telemetry({"temperature": 21.5}).get() == 0
+c.disconnect()
+"""
+
+
+@pytest.mark.skipif(
+    not TB_SDK,
+    reason="set TELEMETRA_TB_SDK to a `pip install --target DIR tb-mqtt-client mmh3` folder: the "
+    "SDK replaces paho-mqtt's files with its fork and pip-installs mmh3 when it is missing, so "
+    "it cannot share the project's environment",
+)
+async def test_thingsboard_sdk(running: Running, fleet: Fleet) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", TB_CLIENT, str(running.broker.port), fleet.b_token,
+        env={**os.environ, "PYTHONPATH": str(TB_SDK)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    m = await running.next()
+    assert (m.topic, m.device, m.fmt) == (THINGSBOARD_TELEMETRY, fleet.b, "native")
+    assert json.loads(m.payload) == [{"temperature": 21.5}]

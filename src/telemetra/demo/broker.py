@@ -1,7 +1,8 @@
 """The demo's embedded MQTT broker: amqtt in the caller's event loop, devices log in with tokens.
 
-amqtt 0.12 speaks **MQTT 3.1.1 only**: an MQTT 5 client (paho with ``protocol=MQTTv5``, and
-ThingsBoard's Python SDK, which always asks for MQTT 5) gets no working connection. Production
+amqtt 0.12 speaks **MQTT 3.1.1 only**: an MQTT 5 client never connects (paho 2.2 with
+``protocol=MQTTv5`` gets no answer it understands and waits; ThingsBoard's Python SDK, which
+always asks for MQTT 5, reports "unsupported protocol version" and retries). Production
 uses Mosquitto (``telemetra broker-config``); this broker is for the one-command demo.
 
 Logins: username = device id and password = its Telemetra device token, or (ThingsBoard style)
@@ -170,6 +171,15 @@ class _Broker(Broker):  # type: ignore[misc]
     def __init__(self, config: dict[str, Any], owner: EmbeddedBroker) -> None:
         super().__init__(config)
         self.owner = owner
+
+    async def stream_connected(self, reader: Any, writer: Any, listener_name: str) -> None:
+        # amqtt lets an OSError of a connection escape (an MQTT 5 CONNECT that it refuses and
+        # then fails to close cleanly): one line, not a traceback.
+        try:
+            await super().stream_connected(reader, writer, listener_name)
+        except OSError as exc:
+            log.info("MQTT connection failed", error=str(exc))
+            writer.close()
 
     async def _broadcast_message(
         self, session: Any, topic: str | None, data: Any, force_qos: int | None = None
