@@ -21,6 +21,7 @@ from telemetra.api import (
     alerts,
     auth,
     cleaning,
+    clock,
     deadletters,
     devices,
     errors,
@@ -41,7 +42,7 @@ from api_fixtures import SECRET
 MODULES: tuple[ModuleType, ...] = (
     *(accounts, auth, deadletters, devices),
     *(errors, health, ingest, live, telemetry),
-    *(rules, alerts),
+    *(rules, alerts, clock),
     *(session, overview, cleaning),
 )
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}

@@ -128,7 +128,9 @@ async def test_the_overview_of_a_tenant(world: World, engine: AsyncEngine) -> No
             )
     login = await c.post(f"{API}/auth/token", data={"username": admin, "password": PASSWORD})
     h = {"Authorization": f"Bearer {login.json()['access_token']}"}
-    everything = (await c.get(f"{API}/overview", headers=h)).json()
+    answer = await c.get(f"{API}/overview", headers=h)
+    assert answer.status_code == 200, answer.text
+    everything = answer.json()
     assert everything["devices"]["total"] >= 4
     assert {d1, d4} <= {d["device"] for d in everything["located"]}
     only_a = await c.get(f"{API}/overview", params={"tenant": a}, headers=h)

@@ -196,3 +196,12 @@ async def test_axe_finds_no_serious_accessibility_violations(
                     if v["impact"] in ("serious", "critical")
                 ]
     assert not found, "\n".join(found)
+
+
+async def test_the_quality_panel_charts_the_clock_offset_over_time(page: Any) -> None:
+    await sign_in(page, "olivia")
+    await page.goto("/devices/freezer-1")
+    await page.get_by_role("tab", name="Quality").click()
+    chart = page.get_by_role("img", name="Chart of clock offset")
+    await chart.wait_for()
+    assert int(await chart.get_attribute("data-points") or 0) > 100  # 7 days of hours

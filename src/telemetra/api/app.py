@@ -19,6 +19,7 @@ from telemetra.api import (
     alerts,
     auth,
     cleaning,
+    clock,
     deadletters,
     devices,
     errors,
@@ -186,6 +187,7 @@ def create_app(
     api.include_router(accounts.router)
     api.include_router(devices.router)
     api.include_router(telemetry.router)
+    api.include_router(clock.router)
     api.include_router(deadletters.router)
     api.include_router(rules.router)
     api.include_router(alerts.router)

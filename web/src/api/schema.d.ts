@@ -363,6 +363,29 @@ export interface paths {
     patch?: never;
     trace?: never;
   };
+  '/api/v1/devices/{uid}/clock': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /**
+     * Clock offset of a device over time
+     * @description The device's clock offset per bucket, read from its stored readings: for each bucket the
+     *     sample that travelled fastest (device time minus receive time), the correction Telemetra
+     *     applied, and how many readings it rests on. A device whose clock runs ahead shows a positive
+     *     offset; a backlog sent late does not count as a clock error.
+     */
+    get: operations['device_clock_api_v1_devices__uid__clock_get'];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
   '/api/v1/devices/{uid}/export': {
     parameters: {
       query?: never;
@@ -1303,6 +1326,32 @@ export interface components {
       /** Unit */
       unit: string | null;
     };
+    /**
+     * ClockOut
+     * @example {
+     *       "bucket_s": 3600,
+     *       "device": "greenhouse-1",
+     *       "points": [
+     *         {
+     *           "corrected_s": 496,
+     *           "offset_s": 496.2,
+     *           "readings": 360,
+     *           "ts": "2026-11-22T10:00:00Z"
+     *         }
+     *       ]
+     *     }
+     */
+    ClockOut: {
+      /**
+       * Bucket S
+       * @description the buckets' width in seconds
+       */
+      bucket_s: number;
+      /** Device */
+      device: string;
+      /** Points */
+      points: components['schemas']['OffsetPointOut'][];
+    };
     /** DeadLetterOut */
     DeadLetterOut: {
       /**
@@ -2091,6 +2140,34 @@ export interface components {
        * @example delivered
        */
       status: string;
+    };
+    /**
+     * OffsetPointOut
+     * @example {
+     *       "corrected_s": 496,
+     *       "offset_s": 496.2,
+     *       "readings": 360,
+     *       "ts": "2026-11-22T10:00:00Z"
+     *     }
+     */
+    OffsetPointOut: {
+      /**
+       * Corrected S
+       * @description correction applied to its readings, if any
+       */
+      corrected_s: number | null;
+      /**
+       * Offset S
+       * @description device time minus receive time, least-delay sample
+       */
+      offset_s: number;
+      /** Readings */
+      readings: number;
+      /**
+       * Ts
+       * @description start of the bucket (event time)
+       */
+      ts: string;
     };
     /**
      * OverviewOut
@@ -6278,6 +6355,150 @@ export interface operations {
            *       "error": {
            *         "code": "not_found",
            *         "message": "no device 'greenhouse-9'"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The body is larger than TELEMETRA_MAX_REQUEST_BYTES */
+      413: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "payload_too_large",
+           *         "message": "body of 2097152 bytes exceeds the limit of 1048576 bytes"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description The request does not match the schema, or a value in it cannot be read */
+      422: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "invalid_request",
+           *         "details": [
+           *           {
+           *             "field": "query.limit",
+           *             "problem": "Input should be greater than or equal to 1"
+           *           }
+           *         ],
+           *         "message": "the request does not match the schema"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Rate limited: retry after Retry-After seconds */
+      429: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "rate_limited",
+           *         "message": "too many requests for this user; at most 20/s (bursts of 60)"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Temporarily unavailable: retry after Retry-After seconds */
+      503: {
+        headers: {
+          /** @description seconds to wait */
+          'Retry-After'?: number;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unavailable",
+           *         "message": "the database is unavailable; retry shortly"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+    };
+  };
+  device_clock_api_v1_devices__uid__clock_get: {
+    parameters: {
+      query?: {
+        /** @description start (inclusive): ISO-8601 with Z/offset, epoch ms, now, or -24h/-7d/-30m; default -24h */
+        from?: string | null;
+        /** @description end (exclusive), same forms as from; default now */
+        to?: string | null;
+        /** @description bucket width (5m, 1h, …), or auto: at most 500 buckets */
+        bucket?: string;
+      };
+      header?: never;
+      path: {
+        /** @description the device's uid */
+        uid: string;
+      };
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Successful Response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ClockOut'];
+        };
+      };
+      /** @description No credentials, or invalid, expired or revoked ones */
+      401: {
+        headers: {
+          /** @description Bearer */
+          'WWW-Authenticate'?: string;
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "unauthorized",
+           *         "message": "authentication required"
+           *       }
+           *     }
+           */
+          'application/json': components['schemas']['ErrorOut'];
+        };
+      };
+      /** @description Not found (another tenant's resources answer exactly like missing ones) */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          /**
+           * @example {
+           *       "error": {
+           *         "code": "not_found",
+           *         "message": "no device 'greenhouse-1'"
            *       }
            *     }
            */

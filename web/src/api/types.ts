@@ -27,6 +27,7 @@ export type SparklineList = Schemas['SparklineList'];
 export type Me = Schemas['MeOut'];
 export type Aggregate = Schemas['AggregateOut'];
 export type Quality = Schemas['QualityOut'];
+export type Clock = Schemas['ClockOut'];
 export type DeadLetter = Schemas['DeadLetterOut'];
 export type DeadLetterPage = Schemas['DeadLetterPage'];
 export type Alert = Schemas['AlertOut'];

@@ -1,7 +1,8 @@
 import { Badge, Box, Card, Code, Heading, SimpleGrid, Stat, Table, Text } from '@chakra-ui/react';
 import { useQuery } from '@tanstack/react-query';
 import { api, seg } from '../../api/client';
-import type { DeadLetterPage, Quality } from '../../api/types';
+import type { Clock, DeadLetterPage, Quality } from '../../api/types';
+import { TimeChart, type ChartData } from '../../components/TimeChart';
 import { Empty, ErrorBox, Loading, When } from '../../components/ui';
 import { formatNumber, formatOffset } from '../../lib/format';
 
@@ -59,6 +60,7 @@ export function QualityPanel({ uid }: { uid: string }) {
           </Stat.ValueText>
         </Stat.Root>
       </SimpleGrid>
+      <ClockOverTime uid={uid} />
       <Heading as="h3" size="sm" mb={2}>
         Rejected by reason
       </Heading>
@@ -115,6 +117,37 @@ export function DeadLetters({ uid }: { uid: string }) {
           </Card.Body>
         </Card.Root>
       ))}
+    </Box>
+  );
+}
+
+/** The clock offset per hour over the last 7 days, read back from the stored readings. */
+function ClockOverTime({ uid }: { uid: string }) {
+  const clock = useQuery({
+    queryKey: ['clock', uid],
+    queryFn: ({ signal }) =>
+      api.get<Clock>(`/devices/${seg(uid)}/clock`, { from: '-7d', bucket: '1h' }, signal),
+    refetchInterval: 60_000,
+  });
+  if (clock.isPending) return <Loading />;
+  if (clock.error) return <ErrorBox error={clock.error} />;
+  const points = clock.data.points;
+  if (points.length === 0) return null;
+  const data: ChartData = [
+    points.map((p) => Date.parse(p.ts) / 1000),
+    points.map((p) => p.offset_s),
+    points.map((p) => p.offset_s),
+    points.map((p) => p.offset_s),
+  ];
+  return (
+    <Box mb={6}>
+      <Heading as="h3" size="sm" mb={1}>
+        Clock offset over the last 7 days (s)
+      </Heading>
+      <Text fontSize="sm" color="fg.muted" mb={2}>
+        Per hour, the reading that travelled fastest: device time − receive time.
+      </Text>
+      <TimeChart title="clock offset" data={data} height={160} />
     </Box>
   );
 }
