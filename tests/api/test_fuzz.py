@@ -214,10 +214,11 @@ async def test_what_the_fuzzer_found_is_a_clear_4xx(world: World, db_url: str) -
 
 # --- device metadata: the bounds, against an independent measure -----------------------------
 
+_TEXT = st.characters(blacklist_characters="\x00")  # NUL is refused on its own (below)
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
-                                                                 max_size=3),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(_TEXT, max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(_TEXT, max_size=3),
+                                                                 inner, max_size=3),
     max_leaves=40,
 )  # fmt: skip
 
@@ -230,7 +231,7 @@ def _depth(value: Any) -> int:
     return 0
 
 
-@given(st.dictionaries(st.text(max_size=3), _JSON, max_size=4), st.integers(0, 12))
+@given(st.dictionaries(st.text(_TEXT, max_size=3), _JSON, max_size=4), st.integers(0, 12))
 @settings(max_examples=300, deadline=None)
 def test_metadata_bounds_match_an_independent_depth(metadata: dict[str, Any], wrap: int) -> None:
     from telemetra.store.catalog import METADATA_MAX_DEPTH, metadata_problem
@@ -242,3 +243,13 @@ def test_metadata_bounds_match_an_independent_depth(metadata: dict[str, Any], wr
         assert problem is not None and "nested deeper" in problem
     else:
         assert problem is None  # small: within size and key bounds
+
+
+@given(st.dictionaries(st.text(_TEXT, max_size=3), _JSON, max_size=4), st.booleans())
+@settings(max_examples=100, deadline=None)
+def test_a_nul_anywhere_in_metadata_is_refused(metadata: dict[str, Any], in_key: bool) -> None:
+    from telemetra.store.catalog import metadata_problem
+
+    poisoned = {"a\x00": 1} if in_key else {"a": ["x", {"b": "c\x00d"}]}
+    problem = metadata_problem({**metadata, "z": poisoned})
+    assert problem is not None and "NUL" in problem

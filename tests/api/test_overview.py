@@ -139,3 +139,35 @@ async def test_the_overview_of_a_tenant(world: World, engine: AsyncEngine) -> No
     assert only_b.json()["devices"]["total"] == 0
     missing = await c.get(f"{API}/overview", params={"tenant": f"no-{a}"}, headers=h)
     assert_error(missing, 404, "not_found")
+
+
+async def test_one_device_with_a_nul_in_its_metadata_breaks_no_listing(
+    world: World, engine: AsyncEngine
+) -> None:
+    """Metadata holding a NUL character is refused on write (PostgreSQL's JSON operators would
+    refuse any query touching it); one stored before that rule breaks neither the overview nor
+    the tag filter."""
+    c, a = world.client, world.tenant_a
+    refused = await c.post(
+        f"{API}/devices", json={"uid": f"{a}-nul", "metadata": {"note": "a\u0000b"}},
+        headers=world.auth("a-operator"),
+    )  # fmt: skip
+    assert_error(refused, 422, "invalid_request")
+    assert "NUL character" in refused.text
+    await _device(world, f"{a}-tagged", {"tags": ["north"], "location": {"lat": 1, "lon": 2}})
+    with platform_wide():
+        async with engine.begin() as conn:
+            tenant_id = await tenant_id_by_name(conn, a)
+            await conn.execute(
+                devices.insert().values(
+                    tenant_id=tenant_id, uid=f"{a}-legacy", status="active", created_at=0,
+                    metadata={"note": "a\u0000b", "tags": ["north"]},
+                )
+            )  # fmt: skip
+    h = world.auth("a-viewer")
+    overview = await c.get(f"{API}/overview", headers=h)
+    assert overview.status_code == 200, overview.text
+    assert [d["device"] for d in overview.json()["located"]] == [f"{a}-tagged"]
+    listed = await c.get(f"{API}/devices", params={"tag": "north"}, headers=h)
+    assert listed.status_code == 200, listed.text
+    assert f"{a}-tagged" in {d["uid"] for d in listed.json()["items"]}

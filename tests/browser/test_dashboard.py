@@ -205,3 +205,19 @@ async def test_the_quality_panel_charts_the_clock_offset_over_time(page: Any) ->
     chart = page.get_by_role("img", name="Chart of clock offset")
     await chart.wait_for()
     assert int(await chart.get_attribute("data-points") or 0) > 100  # 7 days of hours
+
+
+async def test_usable_on_a_phone_sized_screen(browser: Any, dashboard: Dashboard) -> None:
+    """At 390×844 every main screen fits the width (no sideways scrolling of the page) and the
+    navigation stays reachable."""
+    async with fresh_page(browser, dashboard) as page:
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await sign_in(page, "olivia")
+        for path in ("/", "/devices", "/devices/freezer-1", "/alerts", "/rules", "/admin"):
+            await page.goto(path)
+            await page.wait_for_timeout(800)
+            await page.get_by_role("navigation", name="Main").wait_for()
+            overflow = await page.evaluate(
+                "() => document.documentElement.scrollWidth - window.innerWidth"
+            )
+            assert overflow <= 1, f"{path} is {overflow}px wider than the screen"

@@ -174,12 +174,15 @@ def _degrees(value: Any, bound: float) -> float | None:
 
 async def _located(conn: AsyncConnection, tenant_id: int | None) -> list[LocatedOut]:
     rows = await conn.execute(
-        select(devices.c.uid, devices.c.name, devices.c.online, devices.c.metadata["location"])
+        # The whole metadata, read in Python: a JSON operator in the query would fail for
+        # every device if one's metadata held a NUL escape (stored before they were refused).
+        select(devices.c.uid, devices.c.name, devices.c.online, devices.c.metadata)
         .where(*_of(devices.c.tenant_id, tenant_id))
         .order_by(devices.c.uid)
     )
     found = []
-    for uid, name, online, location in rows:
+    for uid, name, online, metadata in rows:
+        location = metadata.get("location") if isinstance(metadata, dict) else None
         if not isinstance(location, dict):
             continue
         lat, lon = _degrees(location.get("lat"), 90), _degrees(location.get("lon"), 180)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, cast, exists, func, select, type_coerce
+from sqlalchemy import Text, and_, case, cast, exists, false, func, select, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -217,6 +217,11 @@ def metadata_problem(metadata: Any) -> str | None:
     pending: list[tuple[Any, int]] = [(metadata, 1)]  # a stack, not recursion: any depth is safe
     while pending:
         value, depth = pending.pop()
+        # PostgreSQL's JSON operators refuse a whole document holding a NUL escape.
+        if isinstance(value, str) and "\x00" in value:
+            return "metadata holds a NUL character (\\u0000), which cannot be stored"
+        if isinstance(value, dict) and any("\x00" in k for k in value):
+            return "metadata holds a NUL character (\\u0000), which cannot be stored"
         if isinstance(value, dict | list):
             if depth > METADATA_MAX_DEPTH:
                 return f"metadata is nested deeper than {METADATA_MAX_DEPTH} levels"
@@ -232,9 +237,10 @@ def metadata_problem(metadata: Any) -> str | None:
                 children = value
             pending.extend((child, depth + 1) for child in children)
     try:
-        size = len(orjson.dumps(metadata))
+        encoded = orjson.dumps(metadata)
     except (TypeError, orjson.JSONEncodeError):
         return "metadata must be plain JSON (integers within 64 bits)"
+    size = len(encoded)
     if size > METADATA_MAX_BYTES:
         return f"metadata is {size} bytes as JSON; at most {METADATA_MAX_BYTES} are allowed"
     return None
@@ -386,7 +392,12 @@ def _has_tag(conn: AsyncConnection, tag: str) -> Any:
     meta = devices.c.metadata
     if conn.dialect.name == "postgresql":  # a json column: as jsonb, list containment
         tags = cast(meta, postgresql.JSONB)["tags"]
-        return tags.contains(type_coerce([tag], postgresql.JSONB))
+        # Metadata stored before NUL characters were refused cannot become jsonb: such a
+        # device has no tags here rather than failing the whole listing.
+        unreadable = func.strpos(cast(meta, Text), "\\u0000") > 0
+        return case(
+            (unreadable, false()), else_=tags.contains(type_coerce([tag], postgresql.JSONB))
+        )
     each = func.json_each(meta, "$.tags").table_valued("value", "type").alias("tag")
     return and_(
         func.json_type(meta, "$.tags") == "array",
