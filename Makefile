@@ -10,6 +10,8 @@ setup:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
+	@# ThingsBoard's device SDK for the embedded broker's tests, apart: it overwrites paho-mqtt.
+	$(BIN)/pip install -q --no-warn-conflicts --target .tbsdk "tb-mqtt-client==1.13.14" mmh3
 	cd web && npm ci --no-audit --no-fund && npm run build
 	@# The browser tests drive Debian's Chromium (never a downloaded one).
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the browser tests"; \

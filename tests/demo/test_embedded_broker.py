@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -37,6 +38,7 @@ from telemetra.store.catalog import (
 )
 
 from broker_fixtures import Client
+from conftest import missing
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -336,7 +338,9 @@ async def test_mqtt5_client_never_connects(running: Running, fleet: Fleet) -> No
     assert (await running.next()).topic == f"devices/{fleet.a}/telemetry"
 
 
-TB_SDK = os.environ.get("TELEMETRA_TB_SDK")  # a `pip install --target` of tb-mqtt-client
+# ThingsBoard's device SDK, installed apart by `make setup` (`pip install --target .tbsdk`): it
+# replaces paho-mqtt's files with its own fork, so it cannot share the project's environment.
+TB_SDK = os.environ.get("TELEMETRA_TB_SDK") or str(Path(__file__).parents[2] / ".tbsdk")
 TB_CLIENT = """
 import sys, time
 from tb_device_mqtt import TBDeviceMqttClient
@@ -352,13 +356,9 @@ c.disconnect()
 """
 
 
-@pytest.mark.skipif(
-    not TB_SDK,
-    reason="set TELEMETRA_TB_SDK to a `pip install --target DIR tb-mqtt-client mmh3` folder: the "
-    "SDK replaces paho-mqtt's files with its fork and pip-installs mmh3 when it is missing, so "
-    "it cannot share the project's environment",
-)
 async def test_thingsboard_sdk(running: Running, fleet: Fleet) -> None:
+    if not (Path(TB_SDK) / "tb_device_mqtt.py").exists():
+        missing(f"ThingsBoard's device SDK in {TB_SDK} (make setup installs it)")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", TB_CLIENT, str(running.broker.port), fleet.b_token,
         env={**os.environ, "PYTHONPATH": str(TB_SDK)},
