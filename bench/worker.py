@@ -42,7 +42,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from telemetra.alerts import store
-from telemetra.alerts.engine import Engine
+from telemetra.alerts.engine import BACKLOG_READINGS, Engine
 from telemetra.config import Settings
 from telemetra.ingest.pipeline import Message, Pipeline
 from telemetra.store.catalog import create_device, create_tenant
@@ -112,7 +112,7 @@ async def evaluation(db: AsyncEngine, rules_per_reading: int) -> dict[str, float
     readings = 0
     started = time.perf_counter()
     while True:
-        outcome = await engine.evaluate_feed(limit=50)
+        outcome = await engine.evaluate_feed(most=BACKLOG_READINGS)  # as the worker, behind
         readings += outcome.readings
         if not outcome.rows:
             break

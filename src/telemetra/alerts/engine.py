@@ -47,7 +47,11 @@ RELOAD_S = 30.0
 # commit within it are evaluated together, in event-time order, instead of one batch's
 # readings making the other's late.
 SETTLE_US = 50_000
-BATCH_READINGS = 2000  # per evaluation transaction, about (whole feed rows)
+# Readings per evaluation transaction, about (whole feed rows): few while the feed keeps up, so a
+# new alert never waits behind a long evaluation; many through a backlog, where saving each
+# series' state once per transaction rather than once per batch is what keeps up.
+BATCH_READINGS = 2000
+BACKLOG_READINGS = 50_000
 KEY_CHUNK = 500
 Frame = dict[str, Any]
 SeriesKey = tuple[int, str, str]  # (rule id, device, metric or '')
@@ -179,12 +183,12 @@ class Engine:
 
     # -- the feed ------------------------------------------------------------------------------
 
-    async def evaluate_feed(self, limit: int = 100) -> Outcome:
+    async def evaluate_feed(self, limit: int = 100, most: int = BATCH_READINGS) -> Outcome:
         """Evaluate the oldest feed rows in one transaction; what changed."""
         outcome = Outcome()
         async with self.db.begin() as conn:
             cutoff = now_us() - self.settle_us
-            rows = await feed.take(conn, limit, before=cutoff, most=BATCH_READINGS)
+            rows = await feed.take(conn, limit, before=cutoff, most=most)
             if not rows:
                 return outcome
             await self._load_rules(conn)

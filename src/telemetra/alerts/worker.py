@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from telemetra import metrics as prometheus
-from telemetra.alerts.engine import Engine, Frame, Outcome
+from telemetra.alerts.engine import BACKLOG_READINGS, BATCH_READINGS, Engine, Frame, Outcome
 from telemetra.alerts.notify import deliver_due
 from telemetra.alerts.status import update_status
 from telemetra.config import Settings
@@ -178,8 +178,12 @@ class Worker:
     async def evaluate_once(self) -> int:
         """Evaluate what the feed holds now, up to a few batches; how many feed rows."""
         total = rows = 0
-        for _ in range(20):  # then let the clock and status have their turn
-            outcome = await self.engine.evaluate_feed()
+        for i in range(20):  # then let the clock and status have their turn
+            # The first take is small (a fresh alert goes out at once); more rows behind it
+            # are a backlog, taken in big transactions.
+            outcome = await self.engine.evaluate_feed(
+                most=BACKLOG_READINGS if i else BATCH_READINGS
+            )
             self._done(outcome)
             total += outcome.readings
             rows += outcome.rows
