@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from telemetra.api import errors
 from telemetra.api.auth import Caller, hash_password, password_matches, role
+from telemetra.api.devices import tenant_in_view, tenant_named
 from telemetra.api.errors import ApiError
 from telemetra.ingest.timestamps import format_us
 from telemetra.store import catalog
@@ -366,14 +367,6 @@ async def delete_tenant(
 # --- users ---
 
 
-async def _tenant_named(request: Request, name: str) -> int | None:
-    async with request.app.state.engine.connect() as conn:
-        try:
-            return await catalog.tenant_id_by_name(conn, name)
-        except LookupError:
-            return None
-
-
 async def _visible_user(request: Request, caller: Caller, user_id: int) -> Any:
     scope = None if caller.role == "admin" else caller.tenant_id
     async with request.app.state.engine.connect() as conn:
@@ -406,12 +399,7 @@ async def list_users(
     offset: Offset = 0,
 ) -> UserPage:
     """Users by username: of the caller's tenant for owners; of all or one tenant for admins."""
-    scope = None if caller.role == "admin" else caller.tenant_id
-    if tenant is not None:
-        wanted = await _tenant_named(request, tenant)
-        if wanted is None or (scope is not None and wanted != scope):
-            raise ApiError(404, f"no tenant named {tenant!r}")
-        scope = wanted
+    scope = await tenant_in_view(request, caller, tenant)
     async with request.app.state.engine.connect() as conn:
         rows = await catalog.find_users(conn, scope, text=q, limit=limit + 1, offset=offset)
     return UserPage(
@@ -440,7 +428,7 @@ async def create_user(
         raise ApiError(403, "only platform admins can create admins")
     tenant_id = caller.tenant_id
     if body.tenant is not None:
-        found = await _tenant_named(request, body.tenant)
+        found = await tenant_named(request, body.tenant)
         if not admin and found != caller.tenant_id:
             raise ApiError(403, "owners create users only in their own tenant")
         if found is None:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from telemetra.api import errors
 from telemetra.api.auth import Caller, role
-from telemetra.api.devices import scope
+from telemetra.api.devices import scope, tenant_in_view, tenant_named
 from telemetra.api.errors import ApiError
 from telemetra.ingest.clean import DEFAULT_RULES
 from telemetra.store import catalog
@@ -165,14 +165,6 @@ def _query() -> Any:
     )
 
 
-async def _tenant_id(request: Request, name: str) -> int | None:
-    async with request.app.state.engine.connect() as conn:
-        try:
-            return await catalog.tenant_id_by_name(conn, name)
-        except LookupError:
-            return None
-
-
 @router.get(
     "",
     response_model=CleaningRuleList,
@@ -193,12 +185,7 @@ async def list_cleaning_rules(
     """The cleaning rules that apply to the caller's tenant (platform admins: every tenant's,
     or one tenant's with `tenant`): its own, those for all tenants, and the built-in defaults
     (marked `builtin`)."""
-    visible = scope(caller)
-    if tenant is not None:
-        wanted = await _tenant_id(request, tenant)
-        if wanted is None or (visible is not None and wanted != visible):
-            raise ApiError(404, f"no tenant named {tenant!r}")
-        visible = wanted
+    visible = await tenant_in_view(request, caller, tenant)
     query = _query()
     if visible is not None:
         query = query.where(
@@ -233,7 +220,7 @@ async def put_cleaning_rule(
             raise ApiError(403, ALL_TENANTS)
         tenant_id = None
     elif body.tenant is not None:
-        found = await _tenant_id(request, body.tenant)
+        found = await tenant_named(request, body.tenant)
         if caller.role != "admin" and found != caller.tenant_id:  # never says which exist
             raise ApiError(403, OTHER_TENANT)
         if found is None:

@@ -45,6 +45,27 @@ def scope(caller: Caller) -> int | None:
     return None if caller.role == "admin" else caller.tenant_id
 
 
+async def tenant_named(request: Request, name: str) -> int | None:
+    """The id of the tenant named ``name``, or None."""
+    async with request.app.state.engine.connect() as conn:
+        try:
+            return await catalog.tenant_id_by_name(conn, name)
+        except LookupError:
+            return None
+
+
+async def tenant_in_view(request: Request, caller: Caller, name: str | None) -> int | None:
+    """The tenant a listing covers: the caller's (platform admins: every tenant), or the one
+    ``name`` names — 404 for an unknown tenant and another's alike."""
+    visible = scope(caller)
+    if name is None:
+        return visible
+    wanted = await tenant_named(request, name)
+    if wanted is None or (visible is not None and wanted != visible):
+        raise ApiError(404, f"no tenant named {name!r}")
+    return wanted
+
+
 def _zone(value: str | None) -> str | None:
     if value is not None:
         try:
@@ -300,16 +321,8 @@ async def list_devices(
     status, type, text, tag and connection state; platform admins see every tenant's (each
     device names its tenant), or one tenant's with ``tenant``. Pages by offset: pass the same
     filters and sort with each page's ``next_offset``."""
-    visible = scope(caller)
+    visible = await tenant_in_view(request, caller, tenant)
     async with request.app.state.engine.connect() as conn:
-        if tenant is not None:
-            try:
-                wanted = await catalog.tenant_id_by_name(conn, tenant)
-            except LookupError:
-                wanted = None
-            if wanted is None or (visible is not None and wanted != visible):
-                raise ApiError(404, f"no tenant named {tenant!r}")
-            visible = wanted
         rows = await catalog.find_devices(
             conn, visible, status=status, type=type, text=q, tag=tag, online=online,
             sort=sort, limit=limit + 1, offset=offset,

@@ -14,9 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from telemetra.api import errors
 from telemetra.api.auth import Caller, role
-from telemetra.api.devices import scope
-from telemetra.api.errors import ApiError
-from telemetra.store import catalog
+from telemetra.api.devices import tenant_in_view
 from telemetra.store.schema import OPEN_ALERT, alerts, dead_letters, devices, latest, readings
 
 router = APIRouter(tags=["overview"], responses=errors.responses(422, 429))
@@ -212,17 +210,9 @@ async def overview(
     status, readings per second over the last minute, open alerts by severity, dead letters of
     the last hour by reason, the devices with the largest clock offsets, and the devices with
     a location (`metadata.location.lat`/`lon`) for a map."""
-    visible = scope(caller)
+    visible = await tenant_in_view(request, caller, tenant)
     now = time.time_ns() // 1000
     async with request.app.state.engine.connect() as conn:
-        if tenant is not None:
-            try:
-                wanted: int | None = await catalog.tenant_id_by_name(conn, tenant)
-            except LookupError:
-                wanted = None
-            if wanted is None or (visible is not None and wanted != visible):
-                raise ApiError(404, f"no tenant named {tenant!r}")
-            visible = wanted
         return OverviewOut(
             devices=await _device_counts(conn, visible),
             readings_per_s=await _readings_per_s(conn, visible, now),
