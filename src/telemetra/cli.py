@@ -217,6 +217,25 @@ def install_stop(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+def serve_metrics(config: Settings) -> None:
+    """With TELEMETRA_METRICS_PORT: Prometheus metrics on that port (TELEMETRA_API_HOST)."""
+    if config.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port, addr=config.api_host)
+
+
+async def redis_bus(config: Settings) -> Any:
+    """With TELEMETRA_REDIS_URL: a started live bus over Redis (close it when done); else None."""
+    if not config.redis_url:
+        return None
+    from telemetra.live import RedisBus
+
+    bus = RedisBus(config.redis_url)
+    await bus.start()
+    return bus
+
+
 @app.command()
 def ingest() -> None:
     """Run the MQTT ingest worker (shared subscription: run several)."""
@@ -233,10 +252,7 @@ def ingest() -> None:
     except ValueError as error:
         raise fail(str(error)) from None
 
-    if config.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(config.metrics_port, addr=config.api_host)
+    serve_metrics(config)
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -248,11 +264,8 @@ def ingest() -> None:
         bus = None
         try:
             pipeline = Pipeline(engine, config, routes)
-            if config.redis_url:  # committed readings out to every `serve`'s live clients
-                from telemetra.live import RedisBus
-
-                bus = RedisBus(config.redis_url)
-                await bus.start()
+            bus = await redis_bus(config)  # committed readings out to every `serve`'s clients
+            if bus is not None:
                 pipeline.listeners.append(bus.on_commit)
             tune_gc()
             await MqttIngest(config, pipeline).run(stop)
@@ -276,10 +289,7 @@ def worker() -> None:
 
     config = settings()
     url = database_url(config)
-    if config.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(config.metrics_port, addr=config.api_host)
+    serve_metrics(config)
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -289,11 +299,7 @@ def worker() -> None:
             return
         bus = None
         try:
-            if config.redis_url:  # alert and status frames out to every `serve`'s live clients
-                from telemetra.live import RedisBus
-
-                bus = RedisBus(config.redis_url)
-                await bus.start()
+            bus = await redis_bus(config)  # alert and status frames out to every `serve`
             await Worker(engine, config, bus.publish if bus else None).run(stop)
         finally:
             if bus is not None:
