@@ -1,7 +1,18 @@
-import { Alert, Badge, Box, Center, Field, NativeSelect, Spinner, Text } from '@chakra-ui/react';
+import {
+  Alert,
+  Badge,
+  Box,
+  Center,
+  Code,
+  Field,
+  NativeSelect,
+  Spinner,
+  Table,
+  Text,
+} from '@chakra-ui/react';
 import type { ReactNode } from 'react';
 import { errorMessage } from '../api/client';
-import { timeAgo, formatTime } from '../lib/format';
+import { formatNumber, timeAgo, formatTime } from '../lib/format';
 
 export function ErrorBox({ error, title }: { error: unknown; title?: string }) {
   if (!error) return null;
@@ -111,5 +122,32 @@ export function Empty({ children }: { children: ReactNode }) {
     <Text color="fg.muted" py={4}>
       {children}
     </Text>
+  );
+}
+
+/** Counts by rejection reason, largest first as given; ``empty`` when there are none. */
+export function ReasonCounts({
+  counts,
+  empty,
+  maxW,
+}: {
+  counts: [string, number][];
+  empty: string;
+  maxW?: string;
+}) {
+  if (counts.length === 0) return <Empty>{empty}</Empty>;
+  return (
+    <Table.Root size="sm" maxW={maxW}>
+      <Table.Body>
+        {counts.map(([reason, n]) => (
+          <Table.Row key={reason}>
+            <Table.Cell>
+              <Code>{reason}</Code>
+            </Table.Cell>
+            <Table.Cell textAlign="end">{formatNumber(n)}</Table.Cell>
+          </Table.Row>
+        ))}
+      </Table.Body>
+    </Table.Root>
   );
 }

@@ -1,9 +1,9 @@
-import { Box, Card, Code, Heading, Link, SimpleGrid, Stat, Table, Text } from '@chakra-ui/react';
+import { Box, Card, Heading, Link, SimpleGrid, Stat, Table, Text } from '@chakra-ui/react';
 import { useQuery } from '@tanstack/react-query';
 import { Link as RouterLink, useNavigate } from 'react-router';
 import { api } from '../api/client';
 import type { Overview as OverviewData } from '../api/types';
-import { Empty, ErrorBox, Loading, PageTitle } from '../components/ui';
+import { Empty, ErrorBox, Loading, PageTitle, ReasonCounts } from '../components/ui';
 import { formatNumber, formatOffset } from '../lib/format';
 
 function StatCard({
@@ -144,22 +144,7 @@ export default function Overview() {
               </Heading>
             </Card.Header>
             <Card.Body>
-              {rejections.length === 0 ? (
-                <Empty>Nothing rejected.</Empty>
-              ) : (
-                <Table.Root size="sm">
-                  <Table.Body>
-                    {rejections.map(([reason, n]) => (
-                      <Table.Row key={reason}>
-                        <Table.Cell>
-                          <Code>{reason}</Code>
-                        </Table.Cell>
-                        <Table.Cell textAlign="end">{formatNumber(n)}</Table.Cell>
-                      </Table.Row>
-                    ))}
-                  </Table.Body>
-                </Table.Root>
-              )}
+              <ReasonCounts counts={rejections} empty="Nothing rejected." />
             </Card.Body>
           </Card.Root>
           <Card.Root size="sm">

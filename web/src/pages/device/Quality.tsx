@@ -1,9 +1,9 @@
-import { Badge, Box, Card, Code, Heading, SimpleGrid, Stat, Table, Text } from '@chakra-ui/react';
+import { Badge, Box, Card, Code, Heading, SimpleGrid, Stat, Text } from '@chakra-ui/react';
 import { useQuery } from '@tanstack/react-query';
 import { api, seg } from '../../api/client';
 import type { Clock, DeadLetterPage, Quality } from '../../api/types';
 import { TimeChart, type ChartData } from '../../components/TimeChart';
-import { Empty, ErrorBox, Loading, When } from '../../components/ui';
+import { Empty, ErrorBox, Loading, ReasonCounts, When } from '../../components/ui';
 import { formatNumber, formatOffset } from '../../lib/format';
 
 const LABELS: Record<string, string> = {
@@ -64,22 +64,7 @@ export function QualityPanel({ uid }: { uid: string }) {
       <Heading as="h3" size="sm" mb={2}>
         Rejected by reason
       </Heading>
-      {rejected.length === 0 ? (
-        <Empty>Nothing was rejected.</Empty>
-      ) : (
-        <Table.Root size="sm" maxW="md">
-          <Table.Body>
-            {rejected.map(([reason, n]) => (
-              <Table.Row key={reason}>
-                <Table.Cell>
-                  <Code>{reason}</Code>
-                </Table.Cell>
-                <Table.Cell textAlign="end">{formatNumber(n)}</Table.Cell>
-              </Table.Row>
-            ))}
-          </Table.Body>
-        </Table.Root>
-      )}
+      <ReasonCounts counts={rejected} empty="Nothing was rejected." maxW="md" />
     </Box>
   );
 }
